@@ -1,0 +1,83 @@
+//! The /api/v2 pipeline every Management call goes through: count, rate limit, bearer check, latency, faults.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::{auth, errors, lock, AppState};
+
+fn is_api(path: &str) -> bool {
+    path == "/api/v2" || path.starts_with("/api/v2/")
+}
+
+pub async fn pipeline(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if !is_api(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let template = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "/api/v2/*".to_string());
+    let key = format!("{} {template}", req.method());
+    let decision = lock(&st.bucket).take();
+    {
+        let mut c = lock(&st.counters);
+        c.count_api(key);
+        if decision.allowed {
+            c.record_served();
+        } else {
+            c.stats.rate_limited += 1;
+        }
+    }
+    let mut resp = if !decision.allowed {
+        errors::too_many_requests()
+    } else if let Err(resp) = auth::check_bearer(&st, req.headers()) {
+        resp
+    } else {
+        let faults = lock(&st.faults).clone();
+        if faults.latency_max_ms > 0 {
+            let lo = faults.latency_min_ms.min(faults.latency_max_ms);
+            let span = faults.latency_max_ms - lo;
+            let ms = lo + (st.random_f64() * (span + 1) as f64) as u64;
+            tokio::time::sleep(Duration::from_millis(ms.min(faults.latency_max_ms))).await;
+        }
+        if faults.error_rate > 0.0 && st.random_f64() < faults.error_rate {
+            lock(&st.counters).stats.faults_injected += 1;
+            injected_fault(st.random_f64() < 0.5)
+        } else {
+            next.run(req).await
+        }
+    };
+    decision.apply(resp.headers_mut());
+    resp
+}
+
+fn injected_fault(unavailable: bool) -> Response {
+    if unavailable {
+        errors::mgmt(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The service is temporarily unavailable. Please try again later.",
+            None,
+        )
+    } else {
+        errors::mgmt(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            None,
+        )
+    }
+}
+
+/// Unknown routes: Management 404 shape under /api/v2, plain 404 elsewhere.
+pub async fn fallback(req: Request) -> Response {
+    if is_api(req.uri().path()) {
+        errors::mgmt(StatusCode::NOT_FOUND, "Not Found", None)
+    } else {
+        (StatusCode::NOT_FOUND, "Not Found").into_response()
+    }
+}

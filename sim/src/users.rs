@@ -1,0 +1,91 @@
+//! GET /api/v2/users/{id} and its roles, authentication-methods, authenticators and enrollments.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::paging::{self, Paging};
+use crate::{data, errors, AppState};
+
+fn find(st: &AppState, id: &str) -> Result<u32, Response> {
+    st.live_user(id).ok_or_else(errors::user_not_found)
+}
+
+pub async fn get_user(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match find(&st, &id) {
+        Ok(idx) => Json(st.tenant.user(idx)).into_response(),
+        Err(r) => r,
+    }
+}
+
+pub async fn roles(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<paging::Query>,
+) -> Response {
+    let idx = match find(&st, &id) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let p = match Paging::parse(&q, 1) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let all = st.tenant.user_roles(idx);
+    let page = p.slice(&all);
+    if p.include_totals {
+        Json(json!({"roles": page, "start": p.start(), "limit": p.per_page, "total": all.len()}))
+            .into_response()
+    } else {
+        Json(page).into_response()
+    }
+}
+
+pub async fn authentication_methods(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<paging::Query>,
+) -> Response {
+    let idx = match find(&st, &id) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let p = match Paging::parse(&q, 0) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let all = st.tenant.auth_methods(idx);
+    let page = p.slice(&all);
+    if !p.include_totals {
+        return Json(page).into_response();
+    }
+    // Quirks: the wrapper key is `authenticators`, and an empty result has no `total`.
+    let mut body = json!({"authenticators": page, "start": p.start(), "limit": p.per_page});
+    if !all.is_empty() {
+        body["total"] = json!(all.len());
+    }
+    Json(body).into_response()
+}
+
+pub async fn authenticators(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match find(&st, &id) {
+        Ok(idx) => Json(Value::Array(data::authenticators(
+            &st.tenant.auth_methods(idx),
+        )))
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+pub async fn enrollments(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match find(&st, &id) {
+        Ok(idx) => Json(Value::Array(data::enrollments(
+            &st.tenant.auth_methods(idx),
+        )))
+        .into_response(),
+        Err(r) => r,
+    }
+}

@@ -1,0 +1,649 @@
+//! End-to-end checks of the simulator over HTTP.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use auth0_sim::{Config, Faults, Sim};
+use serde_json::{json, Value};
+
+const AUD: &str = "https://sim.example/api/v2/";
+
+async fn start(cfg: Config) -> Sim {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    Sim::start(cfg, addr).await.unwrap()
+}
+
+fn fast(users: u64) -> Config {
+    Config {
+        users,
+        rate: 100_000.0,
+        burst: 100_000,
+        job_base: Duration::from_millis(300),
+        job_per_user: Duration::ZERO,
+        ..Config::default()
+    }
+}
+
+async fn token(c: &reqwest::Client, base: &str) -> String {
+    let r = c
+        .post(format!("{base}/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&client_id=sim-client&client_secret=sim-secret&audience={}",
+            AUD.replace(':', "%3A").replace('/', "%2F")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["token_type"], "Bearer");
+    assert!(v["expires_in"].as_u64().unwrap() > 0);
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+fn enc(id: &str) -> String {
+    id.replace('|', "%7C").replace('@', "%40")
+}
+
+async fn get(c: &reqwest::Client, tok: &str, url: String) -> (u16, Value) {
+    let r = c.get(url).bearer_auth(tok).send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Creates a job, waits for completion, returns the gunzipped file.
+async fn export(c: &reqwest::Client, sim: &Sim, tok: &str, body: Value) -> Vec<u8> {
+    let base = sim.base_url();
+    let r = c
+        .post(format!("{base}/api/v2/jobs/users-exports"))
+        .bearer_auth(tok)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["status"], "pending");
+    assert_eq!(job["type"], "users_export");
+    let id = job["id"].as_str().unwrap();
+    assert!(id.starts_with("job_") && id.len() == 20);
+    let location = loop {
+        let (s, j) = get(c, tok, format!("{base}/api/v2/jobs/{id}")).await;
+        assert_eq!(s, 200);
+        match j["status"].as_str().unwrap() {
+            "completed" => break j["location"].as_str().unwrap().to_string(),
+            "pending" | "processing" => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("unexpected status {other}"),
+        }
+    };
+    let r = c.get(&location).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/gzip");
+    assert!(r.headers().get("content-encoding").is_none());
+    let gz = r.bytes().await.unwrap();
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn lines(raw: &[u8]) -> Vec<Value> {
+    String::from_utf8(raw.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn token_errors() {
+    let sim = start(fast(10)).await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/oauth/token", sim.base_url());
+    let post = |body: Value| c.post(&url).json(&body).send();
+    let r = post(json!({"grant_type": "password", "client_id": "sim-client", "client_secret": "sim-secret", "audience": AUD})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "unsupported_grant_type"
+    );
+    let r = post(json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "nope", "audience": AUD})).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"error": "access_denied", "error_description": "Unauthorized"})
+    );
+    let aud = "https://sim.example/api/v2/jobs/users-exports";
+    let r = post(json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "sim-secret", "audience": aud})).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "access_denied");
+    assert_eq!(
+        v["error_description"],
+        format!("Service not enabled within domain: {aud}")
+    );
+    let r = post(json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "sim-secret", "audience": AUD})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let tok = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Bearer checks: missing, unknown, revoked.
+    let roles = format!("{}/api/v2/roles", sim.base_url());
+    let r = c.get(&roles).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("x-ratelimit-limit"));
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "Missing authentication"
+    );
+    assert_eq!(
+        get(&c, "garbage", roles.clone()).await.1["message"],
+        "Invalid token"
+    );
+    assert_eq!(get(&c, &tok, roles.clone()).await.0, 200);
+    sim.revoke_tokens();
+    assert_eq!(
+        get(&c, &tok, roles.clone()).await.1["message"],
+        "Invalid token"
+    );
+    assert_eq!(sim.stats().token_requests, 4);
+}
+
+#[tokio::test]
+async fn expired_token() {
+    let sim = start(Config {
+        token_ttl: Duration::from_secs(1),
+        ..fast(10)
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let tok = token(&c, &sim.base_url()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, v) = get(&c, &tok, format!("{}/api/v2/roles", sim.base_url())).await;
+    assert_eq!(s, 401);
+    assert_eq!(
+        v["message"],
+        "Expired token received for JSON Web Token validation"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_headers_and_429() {
+    let sim = start(Config {
+        rate: 1.0,
+        burst: 3,
+        ..fast(10)
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let tok = token(&c, &sim.base_url()).await;
+    let url = format!("{}/api/v2/roles", sim.base_url());
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let r = c.get(&url).bearer_auth(&tok).send().await.unwrap();
+        let h = r.headers();
+        assert_eq!(h["x-ratelimit-limit"], "3");
+        assert!(h.get("retry-after").is_none());
+        let reset: u64 = h["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(reset >= now && reset <= now + 2, "reset {reset} now {now}");
+        let remaining: u64 = h["x-ratelimit-remaining"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        seen.push((r.status().as_u16(), remaining));
+        if r.status() == 429 {
+            assert_eq!(
+                r.json::<Value>().await.unwrap(),
+                json!({"statusCode": 429, "error": "Too Many Requests", "message": "Global limit has been reached", "errorCode": "too_many_requests"})
+            );
+        }
+    }
+    assert_eq!(seen, vec![(200, 2), (200, 1), (200, 0), (429, 0)]);
+    let st = sim.stats();
+    assert_eq!(st.api_calls, 4);
+    assert_eq!(st.rate_limited, 1);
+    assert_eq!(st.by_endpoint["GET /api/v2/roles"], 4);
+    assert_eq!(st.peak_per_second, 3);
+}
+
+#[tokio::test]
+async fn export_default_fields_matches_truth() {
+    let sim = start(fast(300)).await;
+    let c = reqwest::Client::new();
+    let tok = token(&c, &sim.base_url()).await;
+    let raw = export(&c, &sim, &tok, json!({"format": "json"})).await;
+    let mut got = lines(&raw);
+    assert_eq!(got.len(), 300);
+    got.sort_by(|a, b| a["user_id"].as_str().cmp(&b["user_id"].as_str()));
+    let truth = sim.truth();
+    for (line, t) in got.iter().zip(&truth) {
+        let mut t = t.clone();
+        let obj = t.as_object_mut().unwrap();
+        for k in [
+            "roles",
+            "authentication_methods",
+            "authenticators",
+            "enrollments",
+        ] {
+            obj.remove(k);
+        }
+        assert_eq!(line, &t);
+    }
+    assert!(truth.iter().any(|u| u.get("email").is_none()));
+    assert!(truth
+        .iter()
+        .any(|u| u["identities"].as_array().unwrap().len() == 2));
+    assert_eq!(sim.stats().downloads, 1);
+    assert_eq!(sim.stats().jobs_created, 1);
+}
+
+#[tokio::test]
+async fn download_link_checks_and_faults() {
+    let sim = start(fast(50)).await;
+    let c = reqwest::Client::new();
+    let base = sim.base_url();
+    let tok = token(&c, &base).await;
+    let r = c
+        .post(format!("{base}/api/v2/jobs/users-exports"))
+        .bearer_auth(&tok)
+        .json(&json!({"format": "json"}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (_, j) = get(&c, &tok, format!("{base}/api/v2/jobs/{id}")).await;
+    assert_eq!(j["status"], "completed");
+    let loc = j["location"].as_str().unwrap().to_string();
+    assert!(loc.contains(&format!("/user-exports/{id}/sim-tenant.json.gz?Expires=")));
+    let status = |u: String, auth: bool| {
+        let mut rb = c.get(u);
+        if auth {
+            rb = rb.bearer_auth(&tok);
+        }
+        async move { rb.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(loc.clone(), true).await, 400);
+    assert_eq!(status(format!("{loc}x"), false).await, 403);
+    sim.set_faults(Faults {
+        expire_downloads: 1,
+        cut_downloads: 1,
+        ..Faults::default()
+    });
+    assert_eq!(status(loc.clone(), false).await, 403);
+    let r = c.get(&loc).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cut = match r.bytes().await {
+        Err(_) => true,
+        Ok(b) => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&b[..])
+                .read_to_end(&mut out)
+                .is_err()
+        }
+    };
+    assert!(cut, "cut download must not yield a complete gzip");
+    assert_eq!(status(loc.clone(), false).await, 200);
+
+    // Unknown and malformed job ids.
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/jobs/job_AAAAAAAAAAAAAAAA")).await;
+    assert_eq!(s, 404);
+    assert_eq!(v["errorCode"], "inexistent_job");
+    assert_eq!(
+        get(&c, &tok, format!("{base}/api/v2/jobs/nope")).await.0,
+        400
+    );
+}
+
+#[tokio::test]
+async fn expired_link() {
+    let sim = start(Config {
+        link_ttl: Duration::ZERO,
+        ..fast(5)
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let base = sim.base_url();
+    let tok = token(&c, &base).await;
+    let r = c
+        .post(format!("{base}/api/v2/jobs/users-exports"))
+        .bearer_auth(&tok)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (_, j) = get(&c, &tok, format!("{base}/api/v2/jobs/{id}")).await;
+    let loc = j["location"].as_str().unwrap().to_string();
+    assert!(loc.contains(".csv.gz?"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(c.get(&loc).send().await.unwrap().status(), 403);
+}
+
+#[tokio::test]
+async fn export_fields_limit_connection_and_validation() {
+    let sim = start(fast(200)).await;
+    let c = reqwest::Client::new();
+    let base = sim.base_url();
+    let tok = token(&c, &base).await;
+    let (corp_id, _) = sim
+        .connections()
+        .into_iter()
+        .find(|(_, n)| n == "corp")
+        .unwrap();
+    let raw = export(
+        &c,
+        &sim,
+        &tok,
+        json!({"format": "json", "connection_id": corp_id, "limit": 5, "fields": [
+            {"name": "user_id"},
+            {"name": "identities[0].connection", "export_as": "provider"},
+            {"name": "user_metadata.bio", "export_as": "bio"},
+        ]}),
+    )
+    .await;
+    let got = lines(&raw);
+    assert_eq!(got.len(), 5);
+    for l in &got {
+        assert_eq!(l["provider"], "corp");
+        assert!(l["user_id"].as_str().unwrap().starts_with("samlp|corp|"));
+        for k in l.as_object().unwrap().keys() {
+            assert!(["user_id", "provider", "bio"].contains(&k.as_str()));
+        }
+    }
+
+    let csv = export(
+        &c,
+        &sim,
+        &tok,
+        json!({"format": "csv", "limit": 3, "fields": [{"name": "user_id", "export_as": "Id"}, {"name": "created_at"}, {"name": "logins_count"}]}),
+    )
+    .await;
+    let csv = String::from_utf8(csv).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0], "\"Id\",\"created_at\",\"logins_count\"");
+    assert!(rows[1].starts_with("\"'"));
+
+    for (body, needle) in [
+        (json!({"format": "json", "bogus": 1}), "bogus"),
+        (
+            json!({"format": "json", "connection_id": "con_short"}),
+            "connection_id",
+        ),
+        (
+            json!({"format": "json", "connection_id": "con_AAAAAAAAAAAAAAAA"}),
+            "connection_id",
+        ),
+        (json!({"format": "xml"}), "format"),
+        (json!({"format": "json", "limit": 0}), "limit"),
+        (
+            json!({"format": "json", "fields": [{"export_as": "x"}]}),
+            "name",
+        ),
+        (
+            json!({"format": "json", "fields": [{"name": "a", "x": 1}]}),
+            "fields[0]",
+        ),
+        (
+            json!({"format": "json", "fields": [{"name": "a".repeat(101)}]}),
+            "fields[0].name",
+        ),
+    ] {
+        let r = c
+            .post(format!("{base}/api/v2/jobs/users-exports"))
+            .bearer_auth(&tok)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["errorCode"], "invalid_body");
+        let msg = v["message"].as_str().unwrap();
+        assert!(msg.starts_with("Payload validation error: "), "{msg}");
+        assert!(msg.contains(needle), "{msg} should name {needle}");
+    }
+}
+
+#[tokio::test]
+async fn role_member_paging() {
+    let sim = start(fast(3000)).await;
+    let c = reqwest::Client::new();
+    let base = sim.base_url();
+    let tok = token(&c, &base).await;
+    let (_, roles) = get(
+        &c,
+        &tok,
+        format!("{base}/api/v2/roles?per_page=100&include_totals=true"),
+    )
+    .await;
+    assert_eq!(roles["total"], 20);
+    let names: Vec<&str> = roles["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"Rédacteur en chef") && names.contains(&"管理者"));
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/roles?per_page=101")).await;
+    assert_eq!(s, 400);
+    assert_eq!(v["message"], "Query validation error: 'Value 101 is greater than maximum 100' on property per_page (Number of results per page. Defaults to 50).");
+
+    let truth = sim.truth();
+    let mut big = None;
+    for r in roles["roles"].as_array().unwrap() {
+        let id = r["id"].as_str().unwrap();
+        let (_, v) = get(
+            &c,
+            &tok,
+            format!("{base}/api/v2/roles/{id}/users?include_totals=true&per_page=1"),
+        )
+        .await;
+        if v["total"].as_u64().unwrap() > 1000 {
+            big = Some(id.to_string());
+        }
+    }
+    let role = big.expect("a role with more than 1000 members");
+    let mut expected: Vec<&str> = truth
+        .iter()
+        .filter(|u| {
+            u["roles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["id"] == role.as_str())
+        })
+        .map(|u| u["user_id"].as_str().unwrap())
+        .collect();
+    expected.sort();
+
+    let mut got = Vec::new();
+    let mut from: Option<String> = None;
+    loop {
+        let mut url =
+            format!("{base}/api/v2/roles/{role}/users?take=100&include_totals=true&per_page=50");
+        if let Some(f) = &from {
+            url.push_str(&format!(
+                "&from={}",
+                f.replace('+', "%2B")
+                    .replace('/', "%2F")
+                    .replace('=', "%3D")
+            ));
+        }
+        let (s, v) = get(&c, &tok, url).await;
+        assert_eq!(s, 200);
+        assert!(v.get("total").is_none());
+        for u in v["users"].as_array().unwrap() {
+            got.push(u["user_id"].as_str().unwrap().to_string());
+        }
+        match v.get("next") {
+            Some(n) => from = Some(n.as_str().unwrap().to_string()),
+            None => break,
+        }
+    }
+    let n = got.len();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), n, "duplicates in checkpoint paging");
+    assert_eq!(got, expected);
+
+    let (s, v) = get(
+        &c,
+        &tok,
+        format!("{base}/api/v2/roles/{role}/users?page=10&per_page=100"),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["message"], "Requesting page 10 exceeds the allowed maximum of 1000 records. To fetch results beyond 1000, use the checkpoint pagination method.");
+    assert_eq!(
+        get(
+            &c,
+            &tok,
+            format!("{base}/api/v2/roles/{role}/users?page=9&per_page=100")
+        )
+        .await
+        .0,
+        200
+    );
+    let (s, v) = get(
+        &c,
+        &tok,
+        format!("{base}/api/v2/roles/{role}/users?take=10&from=%21%21"),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = get(
+        &c,
+        &tok,
+        format!("{base}/api/v2/roles/rol_AAAAAAAAAAAAAAAA/users"),
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        v,
+        json!({"statusCode": 404, "error": "Not Found", "message": "The role does not exist."})
+    );
+}
+
+#[tokio::test]
+async fn user_endpoints_match_truth() {
+    let sim = start(fast(400)).await;
+    let c = reqwest::Client::new();
+    let base = sim.base_url();
+    let tok = token(&c, &base).await;
+    let truth = sim.truth();
+
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/users/auth0%7Cnope/roles")).await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        v,
+        json!({"statusCode": 404, "error": "Not Found", "message": "The user does not exist.", "errorCode": "inexistent_user"})
+    );
+
+    let empty = truth
+        .iter()
+        .find(|u| u["authentication_methods"].as_array().unwrap().is_empty())
+        .unwrap();
+    let id = enc(empty["user_id"].as_str().unwrap());
+    let (_, v) = get(
+        &c,
+        &tok,
+        format!("{base}/api/v2/users/{id}/authentication-methods?include_totals=true"),
+    )
+    .await;
+    assert_eq!(v, json!({"authenticators": [], "start": 0, "limit": 50}));
+
+    let mut checked_enrollment = false;
+    for u in truth
+        .iter()
+        .filter(|u| u["authentication_methods"].as_array().unwrap().len() > 1)
+        .take(15)
+    {
+        let raw = u["user_id"].as_str().unwrap();
+        let id = enc(raw);
+        let (_, v) = get(
+            &c,
+            &tok,
+            format!(
+                "{base}/api/v2/users/{id}/authentication-methods?include_totals=true&per_page=100"
+            ),
+        )
+        .await;
+        assert_eq!(v["authenticators"], u["authentication_methods"]);
+        assert_eq!(
+            v["total"],
+            u["authentication_methods"].as_array().unwrap().len()
+        );
+        let (_, v) = get(
+            &c,
+            &tok,
+            format!("{base}/api/v2/users/{id}/authentication-methods"),
+        )
+        .await;
+        assert_eq!(v, u["authentication_methods"]);
+        let (_, v) = get(&c, &tok, format!("{base}/api/v2/users/{id}/authenticators")).await;
+        assert_eq!(v, u["authenticators"]);
+        let (_, v) = get(&c, &tok, format!("{base}/api/v2/users/{id}/enrollments")).await;
+        assert_eq!(v, u["enrollments"]);
+        checked_enrollment |= !v.as_array().unwrap().is_empty();
+        let (_, v) = get(
+            &c,
+            &tok,
+            format!("{base}/api/v2/users/{id}/roles?include_totals=true&per_page=100"),
+        )
+        .await;
+        assert_eq!(v["roles"], u["roles"]);
+    }
+    assert!(checked_enrollment);
+
+    // Percent-encoded SAML ids resolve; deletion turns them into 404s.
+    let saml = truth
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap())
+        .find(|id| id.starts_with("samlp|"))
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        get(
+            &c,
+            &tok,
+            format!("{base}/api/v2/users/{}/roles", enc(&saml))
+        )
+        .await
+        .0,
+        200
+    );
+    assert!(sim.delete_user(&saml));
+    assert_eq!(
+        get(
+            &c,
+            &tok,
+            format!("{base}/api/v2/users/{}/roles", enc(&saml))
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(sim.truth().len(), truth.len() - 1);
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/nothing-here")).await;
+    assert_eq!(s, 404);
+    assert_eq!(v["statusCode"], 404);
+}

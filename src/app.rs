@@ -1,0 +1,158 @@
+//! Builds the service from settings (API and/or workers) and runs it until shutdown.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicBool, atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    auth0::Tenants,
+    config::Settings,
+    db,
+    http::{self, auth::TokenTable, AppState},
+    pipeline::Workers,
+    telemetry,
+};
+
+/// Which halves of the service this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    All,
+    Api,
+    Worker,
+}
+
+pub struct Application {
+    listener: Option<TcpListener>,
+    state: AppState,
+    workers: Option<Workers>,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl Application {
+    /// Connects, migrates and binds (port 0 allowed); nothing runs until [`Application::run`].
+    pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Application> {
+        let url = settings.database_url.as_ref().context("DATABASE_URL is required")?;
+        let pool = db::connect(url, pool_size(&settings)).await?;
+        db::migrate(&pool).await.context("applying migrations")?;
+        Application::build_with_pool(settings, role, pool).await
+    }
+
+    pub async fn build_with_pool(settings: Settings, role: Role, pool: PgPool) -> anyhow::Result<Application> {
+        if settings.tenants.is_empty() {
+            anyhow::bail!("no Auth0 tenant configured: set AUTH0_DOMAIN (or AUTH0_BASE_URL), AUTH0_CLIENT_ID, AUTH0_CLIENT_SECRET");
+        }
+        for t in &settings.tenants {
+            reqwest::Url::parse(&t.base_url).with_context(|| format!("tenant {}: base URL {:?} is not a URL", t.name, t.base_url))?;
+        }
+        if role != Role::Worker && settings.api_tokens.is_empty() {
+            tracing::warn!("API_TOKENS is empty: every /v1 request will be refused with 401");
+        }
+        let tenants = Tenants::new(&settings.tenants, &pool)?;
+        let listener = match role {
+            Role::Worker => None,
+            _ => Some(
+                TcpListener::bind(settings.listen_addr)
+                    .await
+                    .with_context(|| format!("binding LISTEN_ADDR {}", settings.listen_addr))?,
+            ),
+        };
+        let workers = (role != Role::Api).then(|| Workers {
+            pool: pool.clone(),
+            tenants: tenants.clone(),
+            settings: settings.worker.clone(),
+            worker_id: format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple()),
+        });
+        let state = AppState {
+            pool,
+            tenants,
+            tokens: Arc::new(TokenTable::new(&settings.api_tokens)),
+            ready: Arc::new(AtomicBool::new(true)),
+            metrics: telemetry::metrics_handle(),
+        };
+        Ok(Application {
+            listener,
+            state,
+            workers,
+            shutdown: CancellationToken::new(),
+            grace: Duration::from_secs(settings.worker.shutdown_grace_secs),
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Cancelling this token shuts the service down as SIGTERM would.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.state.pool
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains: readiness fails, workers stop
+    /// claiming and hand their leases back, in-flight HTTP requests finish, all within the grace.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        let worker_stop = CancellationToken::new();
+        if let Some(workers) = self.workers {
+            workers.spawn(&tracker, worker_stop.clone());
+        }
+        tracker.close();
+
+        let shutdown = self.shutdown.clone();
+        let ready = self.state.ready.clone();
+        let draining = async move {
+            shutdown.cancelled().await;
+            ready.store(false, Ordering::SeqCst);
+            worker_stop.cancel();
+            tracing::info!("shutting down: draining HTTP and handing leases back");
+        };
+        match self.listener {
+            Some(listener) => {
+                let app = http::router(self.state);
+                tracing::info!(addr = %listener.local_addr()?, "API listening");
+                axum::serve(listener, app).with_graceful_shutdown(draining).await?;
+            }
+            None => draining.await,
+        }
+        if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
+            tracing::warn!("workers did not stop within the grace period; their leases will expire");
+        }
+        Ok(())
+    }
+}
+
+fn pool_size(settings: &Settings) -> u32 {
+    // Each worker holds at most a couple of short-lived connections; the API shares the rest.
+    (settings.worker.concurrency as u32 * 4 + 10).min(100)
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "local".into())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,282 @@
+//! The Auth0 Management API client: token cache, shared rate limiter, retries, accounting.
+
+pub mod limiter;
+pub mod token;
+pub mod types;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use reqwest::{Method, StatusCode, Url};
+use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
+use sqlx::PgPool;
+
+use crate::config::TenantConfig;
+use limiter::{RateLimitHeaders, RateLimiter};
+use token::TokenCache;
+
+/// How an Auth0 call failed, classified for the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum Auth0Error {
+    /// Network errors and 5xx that outlived their bounded retries: try the stage again later.
+    #[error("{0}")]
+    Transient(String),
+    /// 404 from the Management API (user, role or job gone).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 400/401/403 and the like: a person has to act; retrying cannot help.
+    #[error("{message}")]
+    Permanent { status: u16, message: String },
+    #[error("rate limiter database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Calls, 429s and retries spent on one export, flushed into its row by the stage.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    api_calls: AtomicU64,
+    rate_limited: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl CallStats {
+    pub fn record_call(&self) {
+        self.api_calls.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn record_rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("exporter_auth0_rate_limited_total").increment(1);
+    }
+    pub fn record_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Returns and resets (calls, rate_limited, retries).
+    pub fn take(&self) -> (i64, i64, i64) {
+        (
+            self.api_calls.swap(0, Ordering::Relaxed) as i64,
+            self.rate_limited.swap(0, Ordering::Relaxed) as i64,
+            self.retries.swap(0, Ordering::Relaxed) as i64,
+        )
+    }
+}
+
+/// One client per tenant, shared by all workers of the process.
+pub struct Auth0Client {
+    pub tenant: TenantConfig,
+    http: reqwest::Client,
+    token: TokenCache,
+    limiter: RateLimiter,
+}
+
+/// The clients of every configured tenant.
+#[derive(Clone, Default)]
+pub struct Tenants(Arc<HashMap<String, Arc<Auth0Client>>>);
+
+impl Tenants {
+    pub fn new(configs: &[TenantConfig], pool: &PgPool) -> anyhow::Result<Tenants> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("auth0-exporter/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let map = configs
+            .iter()
+            .map(|t| {
+                let client = Auth0Client {
+                    tenant: t.clone(),
+                    http: http.clone(),
+                    token: TokenCache::default(),
+                    limiter: RateLimiter::new(pool.clone(), &t.name, t.rate_limit),
+                };
+                (t.name.clone(), Arc::new(client))
+            })
+            .collect();
+        Ok(Tenants(Arc::new(map)))
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Auth0Client>> {
+        self.0.get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.0.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+/// Bounded, jittered exponential backoff for 5xx and network errors.
+pub(crate) fn transient_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(4)
+        .with_jitter()
+        .build()
+}
+
+/// How long to hold off after a 429 that did not come through the shared limiter.
+pub(crate) fn wait_after_429(headers: RateLimitHeaders) -> Duration {
+    let now = chrono::Utc::now().timestamp() as f64;
+    let reset = headers.reset.map(|r| r as f64 - now).unwrap_or(0.0);
+    let after = headers.retry_after.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    Duration::from_secs_f64(reset.max(after).max(1.0) * (1.0 + fastrand::f64() * 0.25))
+}
+
+pub(crate) fn record_request_metric(endpoint: &'static str, status: u16) {
+    metrics::counter!("exporter_auth0_requests_total", "endpoint" => endpoint, "status" => status.to_string())
+        .increment(1);
+}
+
+/// A reqwest error without its URL: signed download links and ids stay out of logs.
+pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "response body interrupted"
+    } else {
+        "request failed"
+    };
+    let mut text = kind.to_owned();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl Auth0Client {
+    /// `{base}/api/v2/{segments…}` with each segment percent-encoded (`auth0|x` → `auth0%7Cx`).
+    pub fn api_url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = Url::parse(&format!("{}/api/v2/", self.tenant.base_url)).expect("base_url validated at start");
+        url.path_segments_mut().expect("http url").pop_if_empty().extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        url: Url,
+        stats: &CallStats,
+    ) -> Result<T, Auth0Error> {
+        self.call(Method::GET, endpoint, url, None, stats).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        url: Url,
+        body: &serde_json::Value,
+        stats: &CallStats,
+    ) -> Result<T, Auth0Error> {
+        self.call(Method::POST, endpoint, url, Some(body), stats).await
+    }
+
+    /// One Management API call under the shared limiter. 429s retry without a cap (after the
+    /// reset); 5xx and network errors retry a bounded number of times; one 401 refreshes the token.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        endpoint: &'static str,
+        url: Url,
+        body: Option<&serde_json::Value>,
+        stats: &CallStats,
+    ) -> Result<T, Auth0Error> {
+        let mut backoff = transient_backoff();
+        let mut refreshed_token = false;
+        loop {
+            self.limiter.acquire().await?;
+            let token = self.token.get(&self.http, &self.tenant, stats).await?;
+            let mut request = self.http.request(method.clone(), url.clone()).bearer_auth(token.expose_secret());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let sent = request.send().await;
+            stats.record_call();
+            let failure = match sent {
+                Err(e) => describe_reqwest(&e),
+                Ok(resp) => {
+                    let status = resp.status();
+                    record_request_metric(endpoint, status.as_u16());
+                    let headers = RateLimitHeaders::from_headers(resp.headers());
+                    self.limiter.observe(headers).await?;
+                    if status.is_success() {
+                        match resp.json::<T>().await {
+                            Ok(value) => return Ok(value),
+                            Err(e) => format!("{endpoint}: unreadable response: {}", describe_reqwest(&e)),
+                        }
+                    } else {
+                        let text = resp.text().await.unwrap_or_default();
+                        let summary = types::ErrorBody::parse(&text).summary();
+                        match status {
+                            StatusCode::TOO_MANY_REQUESTS => {
+                                stats.record_rate_limited();
+                                self.limiter.back_off(headers).await?;
+                                continue;
+                            }
+                            StatusCode::UNAUTHORIZED if !refreshed_token => {
+                                refreshed_token = true;
+                                self.token.invalidate(&token).await;
+                                continue;
+                            }
+                            StatusCode::NOT_FOUND => return Err(Auth0Error::NotFound(summary)),
+                            s if s.is_server_error() => format!("{endpoint} answered {s}: {summary}"),
+                            s => {
+                                return Err(Auth0Error::Permanent {
+                                    status: s.as_u16(),
+                                    message: format!("{endpoint} answered {s}: {summary}"),
+                                })
+                            }
+                        }
+                    }
+                }
+            };
+            match backoff.next() {
+                Some(delay) => {
+                    stats.record_retry();
+                    tracing::warn!(endpoint, error = %failure, ?delay, "retrying Auth0 call");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(Auth0Error::Transient(failure)),
+            }
+        }
+    }
+
+    /// Starts the download of a signed link: no Authorization header, the link is its own credential.
+    pub async fn download(&self, location: &str) -> Result<reqwest::Response, DownloadError> {
+        let resp = self.http.get(location).timeout(Duration::from_secs(3600)).send().await;
+        let resp = resp.map_err(|e| DownloadError::Retry(describe_reqwest(&e)))?;
+        record_request_metric("GET {download}", resp.status().as_u16());
+        match resp.status() {
+            s if s.is_success() => Ok(resp),
+            // CloudFront answers 403 once `Expires` passed: mint a fresh link.
+            s if s == StatusCode::FORBIDDEN || s.is_server_error() || s == StatusCode::NOT_FOUND => {
+                Err(DownloadError::Retry(format!("download answered {s}")))
+            }
+            s => Err(DownloadError::Fatal(format!("download answered {s}"))),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("{0}")]
+    Retry(String),
+    #[error("{0}")]
+    Fatal(String),
+}

@@ -1,0 +1,202 @@
+//! The `profiles` table: batches stored while downloading, enrichment results, filtered pages.
+
+use serde_json::{Map, Value};
+use sqlx::{types::Json, PgConnection, PgPool};
+use uuid::Uuid;
+
+/// A stored profile; [`ProfileRow::merged`] assembles what clients see.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ProfileRow {
+    pub user_id: String,
+    pub doc: Json<Value>,
+    pub roles: Option<Json<Value>>,
+    pub authentication_methods: Option<Json<Value>>,
+    pub authenticators: Option<Json<Value>>,
+    pub enrollments: Option<Json<Value>>,
+    pub enrichment_error: Option<String>,
+}
+
+impl ProfileRow {
+    /// The exported object untouched, plus each fetched enrichment and any enrichment error.
+    pub fn merged(self) -> Value {
+        let mut obj = match self.doc.0 {
+            Value::Object(o) => o,
+            other => Map::from_iter([("user_id".to_owned(), Value::String(self.user_id.clone())), ("doc".to_owned(), other)]),
+        };
+        for (key, value) in [
+            ("roles", self.roles),
+            ("authentication_methods", self.authentication_methods),
+            ("authenticators", self.authenticators),
+            ("enrollments", self.enrollments),
+        ] {
+            if let Some(Json(v)) = value {
+                obj.insert(key.to_owned(), v);
+            }
+        }
+        if let Some(e) = self.enrichment_error {
+            obj.insert("enrichment_error".to_owned(), Value::String(e));
+        }
+        Value::Object(obj)
+    }
+}
+
+const COLUMNS: &str = "user_id, doc, roles, authentication_methods, authenticators, enrollments, enrichment_error";
+
+/// Stores downloaded lines; a line already stored (a retried download) is skipped.
+/// Returns how many rows were new.
+pub async fn insert_batch(conn: &mut PgConnection, export_id: Uuid, user_ids: &[String], docs: &[String]) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "INSERT INTO profiles (export_id, user_id, doc, email, connection)
+         SELECT $1, u, d, d->>'email', d->'identities'->0->>'connection'
+           FROM unnest($2::text[], $3::jsonb[]) AS t(u, d)
+         ON CONFLICT (export_id, user_id) DO NOTHING",
+    )
+    .bind(export_id)
+    .bind(user_ids)
+    .bind(docs)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Filters of `GET /v1/exports/{id}/profiles`, each backed by an index.
+#[derive(Debug, Default)]
+pub struct ProfileFilter {
+    pub role: Option<String>,
+    pub has_mfa: Option<bool>,
+    pub connection: Option<String>,
+    pub email: Option<String>,
+}
+
+/// One page in `user_id` order after `after`; fetches `limit + 1` rows to tell if more exist.
+pub async fn page(
+    pool: &PgPool,
+    export_id: Uuid,
+    filter: &ProfileFilter,
+    after: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<ProfileRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM profiles
+          WHERE export_id = $1 AND ($2::text IS NULL OR user_id > $2)
+            AND ($3::text IS NULL OR role_names @> ARRAY[$3::text])
+            AND ($4::bool IS NULL OR has_mfa = $4)
+            AND ($5::text IS NULL OR connection = $5)
+            AND ($6::text IS NULL OR email = $6)
+          ORDER BY user_id LIMIT $7"
+    ))
+    .bind(export_id)
+    .bind(after)
+    .bind(filter.role.as_deref())
+    .bind(filter.has_mfa)
+    .bind(filter.connection.as_deref())
+    .bind(filter.email.as_deref())
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get(pool: &PgPool, export_id: Uuid, user_id: &str) -> sqlx::Result<Option<ProfileRow>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM profiles WHERE export_id = $1 AND user_id = $2"))
+        .bind(export_id)
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn count(conn: &mut PgConnection, export_id: Uuid) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM profiles WHERE export_id = $1").bind(export_id).fetch_one(conn).await
+}
+
+/// The users still waiting for a per-user pass, in `user_id` order: `roles` pending, or MFA
+/// (`enriched_at`) pending.
+pub async fn pending_users(
+    pool: &PgPool,
+    export_id: Uuid,
+    pass: Pass,
+    after: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<String>> {
+    let pending = match pass {
+        Pass::Roles => "roles IS NULL",
+        Pass::Mfa => "enriched_at IS NULL",
+    };
+    sqlx::query_scalar(&format!(
+        "SELECT user_id FROM profiles
+          WHERE export_id = $1 AND {pending} AND ($2::text IS NULL OR user_id > $2)
+          ORDER BY user_id LIMIT $3"
+    ))
+    .bind(export_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The two per-user passes: roles (when enumerating by role is dearer) and MFA factors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Roles,
+    Mfa,
+}
+
+/// What the per-user calls returned for one user; `None` where not fetched.
+#[derive(Debug, Default)]
+pub struct UserEnrichment {
+    pub user_id: String,
+    pub roles: Option<Value>,
+    pub authentication_methods: Option<Value>,
+    pub authenticators: Option<Value>,
+    pub enrollments: Option<Value>,
+    pub has_mfa: Option<bool>,
+    pub error: Option<String>,
+}
+
+/// Writes a batch of one pass's results, checkpointing those users; returns how many were new.
+pub async fn store_enrichments(
+    conn: &mut PgConnection,
+    export_id: Uuid,
+    pass: Pass,
+    batch: &[UserEnrichment],
+) -> sqlx::Result<u64> {
+    let json = |f: fn(&UserEnrichment) -> &Option<Value>| -> Vec<Option<String>> {
+        batch.iter().map(|u| f(u).as_ref().map(Value::to_string)).collect()
+    };
+    let (set, pending) = match pass {
+        Pass::Roles => (
+            "roles = COALESCE(u.r, '[]'::jsonb),
+             role_names = ARRAY(SELECT x->>'name' FROM jsonb_array_elements(COALESCE(u.r, '[]'::jsonb)) x)",
+            "p.roles IS NULL",
+        ),
+        Pass::Mfa => (
+            "authentication_methods = u.m, authenticators = u.a, enrollments = u.e, has_mfa = u.h, enriched_at = now()",
+            "p.enriched_at IS NULL",
+        ),
+    };
+    let done = sqlx::query(&format!(
+        "UPDATE profiles p SET {set}, enrichment_error = COALESCE(u.err, p.enrichment_error)
+           FROM unnest($2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::bool[], $8::text[])
+                AS u(user_id, r, m, a, e, h, err)
+          WHERE p.export_id = $1 AND p.user_id = u.user_id AND {pending}"
+    ))
+    .bind(export_id)
+    .bind(batch.iter().map(|u| u.user_id.clone()).collect::<Vec<_>>())
+    .bind(json(|u| &u.roles))
+    .bind(json(|u| &u.authentication_methods))
+    .bind(json(|u| &u.authenticators))
+    .bind(json(|u| &u.enrollments))
+    .bind(batch.iter().map(|u| u.has_mfa).collect::<Vec<_>>())
+    .bind(batch.iter().map(|u| u.error.clone()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Checkpoints every remaining user when no per-user call is needed; returns how many.
+pub async fn mark_all_enriched(conn: &mut PgConnection, export_id: Uuid) -> sqlx::Result<u64> {
+    let done = sqlx::query("UPDATE profiles SET enriched_at = now() WHERE export_id = $1 AND enriched_at IS NULL")
+        .bind(export_id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,255 @@
+//! `/v1/exports`: create (idempotent), list, read and cancel exports.
+
+use axum::{
+    body::Bytes,
+    extract::{Path, RawQuery, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{
+    auth::{CanRead, CanWrite},
+    error::{ApiError, Problem},
+    params::{finish_page, Params},
+    AppState,
+};
+use crate::{
+    db::exports::{self as store, Cancelled, Created, ExportRow},
+    model::ExportRequest,
+};
+
+/// An export as clients see it.
+#[derive(Serialize, ToSchema)]
+pub struct ExportView {
+    pub id: Uuid,
+    pub tenant: String,
+    /// queued | running | completed | failed | cancelled
+    pub status: String,
+    /// queued | creating_job | waiting_for_job | downloading | enriching | finished
+    pub stage: String,
+    pub request: ExportRequest,
+    pub auth0_job_id: Option<String>,
+    pub progress: Progress,
+    pub stats: Stats,
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+    pub cancel_requested: bool,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Progress {
+    /// Known once the export file is stored.
+    pub users_total: Option<i64>,
+    pub users_downloaded: i64,
+    pub users_enriched: i64,
+    /// Auth0's own progress of the export job while we wait for it.
+    pub auth0_job_percent_done: Option<i32>,
+    /// Whole-export progress, 0 to 100.
+    pub percent: f64,
+    /// Seconds until completion, from the measured enrichment pace (or the rate limit before
+    /// there is one); null while the user count is unknown.
+    pub eta_seconds: Option<f64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Stats {
+    /// Auth0 requests made (token, Management API), including retried ones.
+    pub api_calls: i64,
+    /// 429 answers received.
+    pub rate_limited: i64,
+    /// Retries after 5xx, network errors and interrupted downloads.
+    pub retries: i64,
+    /// How roles were fetched: `by_role` or `per_user`.
+    pub roles_strategy: Option<String>,
+}
+
+impl ExportView {
+    pub fn new(row: ExportRow, rate_limit: Option<f64>) -> ExportView {
+        let progress = progress(&row, rate_limit);
+        ExportView {
+            id: row.id,
+            tenant: row.tenant,
+            status: row.status,
+            stage: row.stage,
+            request: row.request.0,
+            auth0_job_id: row.auth0_job_id,
+            progress,
+            stats: Stats {
+                api_calls: row.api_calls,
+                rate_limited: row.rate_limited,
+                retries: row.retries,
+                roles_strategy: row.roles_strategy,
+            },
+            error: row.error.map(|e| e.0),
+            cancel_requested: row.cancel_requested,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        }
+    }
+}
+
+/// Percent and ETA: the job and download are a small share; enrichment is paced by the limiter.
+fn progress(row: &ExportRow, rate_limit: Option<f64>) -> Progress {
+    let done = row.status == "completed";
+    let total = row.users_total;
+    let percent = match row.stage.as_str() {
+        _ if done => 100.0,
+        "waiting_for_job" => 5.0 * f64::from(row.job_percent_done.unwrap_or(0)) / 100.0,
+        "enriching" => match total {
+            Some(t) if t > 0 => 10.0 + 90.0 * row.users_enriched as f64 / t as f64,
+            _ => 10.0,
+        },
+        "downloading" => 5.0,
+        _ => 0.0,
+    };
+    let eta_seconds = match (row.status.as_str(), total) {
+        ("completed", _) => Some(0.0),
+        ("running" | "queued", Some(t)) => {
+            let remaining = (t - row.users_enriched).max(0) as f64;
+            let enrich = row.request.enrich;
+            let calls_per_user = [enrich.authentication_methods, enrich.authenticators, enrich.enrollments]
+                .iter()
+                .filter(|b| **b)
+                .count() as f64
+                + if enrich.roles && row.roles_strategy.as_deref() == Some("per_user") { 1.0 } else { 0.0 };
+            let by_limit = rate_limit.map(|r| remaining * calls_per_user / r);
+            let measured = row.enrich_started_at.and_then(|start| {
+                let secs = (Utc::now() - start).num_milliseconds() as f64 / 1000.0;
+                (row.users_enriched >= 20 && secs > 1.0).then(|| remaining / (row.users_enriched as f64 / secs))
+            });
+            measured.or(by_limit).map(|s| (s * 10.0).round() / 10.0)
+        }
+        _ => None,
+    };
+    Progress {
+        users_total: total,
+        users_downloaded: row.users_downloaded,
+        users_enriched: row.users_enriched,
+        auth0_job_percent_done: row.job_percent_done,
+        percent: (percent * 10.0_f64).round() / 10.0,
+        eta_seconds,
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ExportList {
+    pub data: Vec<ExportView>,
+    pub next_cursor: Option<String>,
+}
+
+pub fn parse_export_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::field("id", format!("{raw:?} is not an export id")))
+}
+
+pub async fn load_export(state: &AppState, id: &str) -> Result<ExportRow, ApiError> {
+    let id = parse_export_id(id)?;
+    store::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("export {id} does not exist")))
+}
+
+/// Create an export; it is queued at once and runs in the background.
+#[utoipa::path(post, path = "/v1/exports", tag = "exports",
+    request_body(content = Object, description = "ExportRequest; every field optional when the service has one tenant"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "same key + same body returns the same export")),
+    responses((status = 202, body = ExportView, description = "queued; Location names it"),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 409, body = Problem, description = "idempotency key reused with another body")),
+    security(("bearer" = ["write"])))]
+pub async fn create(State(state): State<AppState>, _: CanWrite, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::field("body", format!("not valid JSON: {e}")))?
+    };
+    let request = ExportRequest::from_body(&body, &state.tenants.names()).map_err(ApiError::fields)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
+            _ => return Err(ApiError::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters")),
+        },
+    };
+    let hash = hex(&Sha256::digest(serde_json::to_vec(&request).expect("request serialises")));
+    let row = match store::create(&state.pool, &request, &hash, key.as_deref()).await? {
+        Created::New(row) => {
+            tracing::info!(export_id = %row.id, tenant = %row.tenant, "export queued");
+            row
+        }
+        Created::Existing(row) => row,
+        Created::Conflict(row) => {
+            return Err(ApiError::Conflict(format!(
+                "Idempotency-Key was used for export {} with a different body",
+                row.id
+            )))
+        }
+    };
+    let location = format!("/v1/exports/{}", row.id);
+    let view = ExportView::new(row, state.rate_limit(&request.tenant));
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// List exports, newest first.
+#[utoipa::path(get, path = "/v1/exports", tag = "exports",
+    params(("status" = Option<String>, Query, description = "queued|running|completed|failed|cancelled"),
+           ("tenant" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "1..=1000, default 100"),
+           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = ExportList), (status = 400, body = Problem), (status = 401, body = Problem)),
+    security(("bearer" = ["read"])))]
+pub async fn list(State(state): State<AppState>, _: CanRead, RawQuery(q): RawQuery) -> Result<Json<ExportList>, ApiError> {
+    let params = Params::parse(q.as_deref(), &["status", "tenant", "limit", "cursor"])?;
+    let status = params.choice("status", &["queued", "running", "completed", "failed", "cancelled"])?;
+    let tenant = params.text("tenant")?;
+    let limit = params.limit()?;
+    let before = match params.cursor()? {
+        Some(k) => Some(Uuid::parse_str(&k).map_err(|_| ApiError::field("cursor", "not a cursor this API returned"))?),
+        None => None,
+    };
+    let rows = store::list(&state.pool, status.as_deref(), tenant.as_deref(), before, limit).await?;
+    let (rows, next_cursor) = finish_page(rows, limit, |r| r.id.to_string());
+    let data = rows.into_iter().map(|r| {
+        let rate = state.rate_limit(&r.tenant);
+        ExportView::new(r, rate)
+    });
+    Ok(Json(ExportList { data: data.collect(), next_cursor }))
+}
+
+/// One export: status, stage, progress, counters, error.
+#[utoipa::path(get, path = "/v1/exports/{id}", tag = "exports", params(("id" = Uuid, Path)),
+    responses((status = 200, body = ExportView), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = ["read"])))]
+pub async fn get(State(state): State<AppState>, _: CanRead, Path(id): Path<String>) -> Result<Json<ExportView>, ApiError> {
+    let row = load_export(&state, &id).await?;
+    let rate = state.rate_limit(&row.tenant);
+    Ok(Json(ExportView::new(row, rate)))
+}
+
+/// Cancel a queued or running export.
+#[utoipa::path(post, path = "/v1/exports/{id}/cancel", tag = "exports", params(("id" = Uuid, Path)),
+    responses((status = 202, body = ExportView, description = "cancelled, or cancelling at the running stage's next heartbeat"),
+              (status = 404, body = Problem), (status = 409, body = Problem, description = "already finished")),
+    security(("bearer" = ["write"])))]
+pub async fn cancel(State(state): State<AppState>, _: CanWrite, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_export_id(&id)?;
+    match store::cancel(&state.pool, id).await? {
+        Cancelled::NotFound => Err(ApiError::NotFound(format!("export {id} does not exist"))),
+        Cancelled::AlreadyFinished(row) => Err(ApiError::Conflict(format!("export {id} is already {}", row.status))),
+        Cancelled::Done(row) => {
+            let rate = state.rate_limit(&row.tenant);
+            Ok((StatusCode::ACCEPTED, Json(ExportView::new(row, rate))).into_response())
+        }
+    }
+}

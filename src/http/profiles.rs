@@ -1,0 +1,226 @@
+//! `/v1/exports/{id}/profiles` and `/download`: merged profiles, paged or streamed whole.
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, RawQuery, State},
+    http::header,
+    response::{IntoResponse, Response},
+    Json,
+};
+use futures_util::{stream, StreamExt};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::{
+    auth::CanRead,
+    error::{ApiError, Problem},
+    exports::load_export,
+    params::{finish_page, Params},
+    AppState,
+};
+use crate::db::profiles::{self as store, ProfileFilter};
+
+#[derive(Serialize, ToSchema)]
+pub struct ProfileList {
+    /// Merged profiles: the exported user object plus `roles`, `authentication_methods`,
+    /// `authenticators`, `enrollments` (those requested) and `enrichment_error` where set.
+    #[schema(value_type = Vec<Object>)]
+    pub data: Vec<Value>,
+    pub next_cursor: Option<String>,
+}
+
+/// Merged profiles in `user_id` order.
+#[utoipa::path(get, path = "/v1/exports/{id}/profiles", tag = "profiles",
+    params(("id" = uuid::Uuid, Path), ("limit" = Option<i64>, Query, description = "1..=1000, default 100"),
+           ("cursor" = Option<String>, Query), ("role" = Option<String>, Query, description = "exact role name"),
+           ("has_mfa" = Option<bool>, Query, description = "a confirmed MFA factor; needs an MFA enrichment"),
+           ("connection" = Option<String>, Query, description = "identities[0].connection"),
+           ("email" = Option<String>, Query, description = "exact email")),
+    responses((status = 200, body = ProfileList), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = ["read"])))]
+pub async fn list(
+    State(state): State<AppState>,
+    _: CanRead,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<ProfileList>, ApiError> {
+    let params = Params::parse(q.as_deref(), &["limit", "cursor", "role", "has_mfa", "connection", "email"])?;
+    let limit = params.limit()?;
+    let after = params.cursor()?;
+    let filter = ProfileFilter {
+        role: params.text("role")?,
+        has_mfa: params.bool("has_mfa")?,
+        connection: params.text("connection")?,
+        email: params.text("email")?,
+    };
+    let export = load_export(&state, &id).await?;
+    if filter.has_mfa.is_some() && !export.request.enrich.any_mfa() {
+        return Err(ApiError::field("has_mfa", "this export fetched no MFA data (enrich.authentication_methods, authenticators and enrollments are all off)"));
+    }
+    let rows = store::page(&state.pool, export.id, &filter, after.as_deref(), limit).await?;
+    let (rows, next_cursor) = finish_page(rows, limit, |r| r.user_id.clone());
+    Ok(Json(ProfileList { data: rows.into_iter().map(|r| r.merged()).collect(), next_cursor }))
+}
+
+/// One merged profile; the user id is percent-encoded (`auth0%7C123`).
+#[utoipa::path(get, path = "/v1/exports/{id}/profiles/{user_id}", tag = "profiles",
+    params(("id" = uuid::Uuid, Path), ("user_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = Problem)),
+    security(("bearer" = ["read"])))]
+pub async fn get(
+    State(state): State<AppState>,
+    _: CanRead,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let export = load_export(&state, &id).await?;
+    let row = store::get(&state.pool, export.id, &user_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {user_id:?} is not in export {}", export.id)))?;
+    Ok(Json(row.merged()))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Ndjson,
+    Json,
+    Csv,
+}
+
+/// Rows read per database round trip while streaming a download.
+const DOWNLOAD_PAGE: i64 = 1000;
+
+/// The whole result, streamed from the database page by page (gzip when the client accepts it).
+#[utoipa::path(get, path = "/v1/exports/{id}/download", tag = "profiles",
+    params(("id" = uuid::Uuid, Path), ("format" = Option<String>, Query, description = "ndjson (default) | json | csv")),
+    responses((status = 200, description = "NDJSON lines, one JSON array, or CSV (nested values as compact JSON)"),
+              (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = ["read"])))]
+pub async fn download(
+    State(state): State<AppState>,
+    _: CanRead,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref(), &["format"])?;
+    let format = match params.choice("format", &["ndjson", "json", "csv"])?.as_deref() {
+        Some("json") => Format::Json,
+        Some("csv") => Format::Csv,
+        _ => Format::Ndjson,
+    };
+    let export = load_export(&state, &id).await?;
+    if export.status != "completed" {
+        return Err(ApiError::Conflict(format!("export {} is {}; its result is complete only once completed", export.id, export.status)));
+    }
+    let columns = csv_columns(&export.request.fields, export.request.enrich);
+    let (pool, export_id) = (state.pool.clone(), export.id);
+
+    // State: (position after the last row sent, rows sent so far, finished).
+    let pages = stream::unfold((None::<String>, 0u64, false), move |(after, sent, finished)| {
+        let (pool, columns) = (pool.clone(), columns.clone());
+        async move {
+            if finished {
+                return None;
+            }
+            let rows = match store::page(&pool, export_id, &ProfileFilter::default(), after.as_deref(), DOWNLOAD_PAGE).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!(error = %e, "download aborted");
+                    return Some((Err(std::io::Error::other("database error")), (after, sent, true)));
+                }
+            };
+            let more = rows.len() as i64 > DOWNLOAD_PAGE;
+            let rows: Vec<_> = rows.into_iter().take(DOWNLOAD_PAGE as usize).collect();
+            let last = rows.last().map(|r| r.user_id.clone()).or(after);
+            let mut out = Vec::with_capacity(rows.len() * 512);
+            if sent == 0 {
+                match format {
+                    Format::Json => out.push(b'['),
+                    Format::Csv => out.extend(csv_line(&columns.iter().map(|c| c.to_string()).collect::<Vec<_>>())),
+                    Format::Ndjson => {}
+                }
+            }
+            let count = rows.len() as u64;
+            for (i, row) in rows.into_iter().enumerate() {
+                let merged = row.merged();
+                match format {
+                    Format::Ndjson => {
+                        serde_json::to_writer(&mut out, &merged).expect("json to vec");
+                        out.push(b'\n');
+                    }
+                    Format::Json => {
+                        if sent + i as u64 > 0 {
+                            out.push(b',');
+                        }
+                        serde_json::to_writer(&mut out, &merged).expect("json to vec");
+                    }
+                    Format::Csv => out.extend(csv_line(&columns.iter().map(|c| csv_cell(merged.get(c.as_str()))).collect::<Vec<_>>())),
+                }
+            }
+            if !more && format == Format::Json {
+                out.push(b']');
+            }
+            Some((Ok(Bytes::from(out)), (last, sent + count, !more)))
+        }
+    });
+    let (content_type, extension) = match format {
+        Format::Ndjson => ("application/x-ndjson", "ndjson"),
+        Format::Json => ("application/json", "json"),
+        Format::Csv => ("text/csv; charset=utf-8", "csv"),
+    };
+    let disposition = format!("attachment; filename=\"export-{export_id}.{extension}\"");
+    Ok((
+        [(header::CONTENT_TYPE, content_type.to_owned()), (header::CONTENT_DISPOSITION, disposition)],
+        Body::from_stream(pages.boxed()),
+    )
+        .into_response())
+}
+
+/// CSV columns: the requested fields, then each requested enrichment and `enrichment_error`.
+fn csv_columns(fields: &[String], enrich: crate::model::Enrich) -> std::sync::Arc<Vec<String>> {
+    let mut columns = fields.to_vec();
+    for (wanted, name) in [
+        (enrich.roles, "roles"),
+        (enrich.authentication_methods, "authentication_methods"),
+        (enrich.authenticators, "authenticators"),
+        (enrich.enrollments, "enrollments"),
+    ] {
+        if wanted {
+            columns.push(name.into());
+        }
+    }
+    columns.push("enrichment_error".into());
+    std::sync::Arc::new(columns)
+}
+
+/// Strings as they are, scalars in JSON spelling, objects and arrays as compact JSON, absent empty.
+fn csv_cell(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn csv_line(cells: &[String]) -> Vec<u8> {
+    let mut writer = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
+    writer.write_record(cells).expect("csv to vec");
+    writer.into_inner().expect("csv to vec")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn csv_cells_quote_commas_quotes_and_newlines() {
+        let line = csv_line(&[csv_cell(Some(&json!("a, \"b\"\nc"))), csv_cell(Some(&json!({"k": [1]}))), csv_cell(None)]);
+        let text = String::from_utf8(line).unwrap();
+        assert_eq!(text, "\"a, \"\"b\"\"\nc\",\"{\"\"k\"\":[1]}\",\r\n");
+        let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes());
+        let record = reader.records().next().unwrap().unwrap();
+        assert_eq!(&record[0], "a, \"b\"\nc");
+        assert_eq!(&record[1], "{\"k\":[1]}");
+    }
+}

@@ -1,0 +1,37 @@
+//! Stage `creating_job`: create the Auth0 users-export job and store its id before anything else.
+
+use super::{StageContext, StageError, Step};
+use crate::{auth0::types::ExportJob, queue::JobKind};
+
+/// Replacing a failed or expired Auth0 job is bounded: the first job plus two replacements.
+pub const MAX_AUTH0_JOBS: i32 = 3;
+
+pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
+    // Creation is not idempotent at Auth0: a stored id is never created again.
+    if ctx.export.auth0_job_id.is_some() {
+        return Ok(Step::Advance(Some(JobKind::WaitJob)));
+    }
+    if ctx.export.auth0_jobs_created >= MAX_AUTH0_JOBS {
+        return Err(StageError::Fail(format!("Auth0 export jobs failed {MAX_AUTH0_JOBS} times; giving up")));
+    }
+    let body = ctx.export.request.auth0_job_body();
+    let url = ctx.client.api_url(&["jobs", "users-exports"], &[]);
+    let job: ExportJob = ctx.client.post("POST /api/v2/jobs/users-exports", url, &body, &ctx.stats).await?;
+    // Fenced by the attempt: a worker that lost its lease must not record a second job.
+    let stored = sqlx::query(
+        "UPDATE exports SET auth0_job_id = $2, auth0_jobs_created = auth0_jobs_created + 1, job_percent_done = 0
+          WHERE id = $1 AND auth0_job_id IS NULL
+            AND EXISTS (SELECT 1 FROM queue_jobs WHERE id = $3 AND attempt = $4 AND state = 'running')",
+    )
+    .bind(ctx.export.id)
+    .bind(&job.id)
+    .bind(ctx.job.id)
+    .bind(ctx.job.attempt)
+    .execute(&ctx.pool)
+    .await?;
+    if stored.rows_affected() == 0 {
+        return Err(StageError::Retry(anyhow::anyhow!("lease lost while creating Auth0 job {}", job.id)));
+    }
+    tracing::info!(auth0_job_id = %job.id, "Auth0 export job created");
+    Ok(Step::Advance(Some(JobKind::WaitJob)))
+}

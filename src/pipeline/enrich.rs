@@ -1,0 +1,269 @@
+//! Stage `enriching`: roles and MFA factors for every stored user, under the tenant's rate limit.
+//!
+//! Role enumeration and the per-user MFA pass run side by side so the limiter, not latency, sets
+//! the pace. Results are written in batches that double as checkpoints: a resumed stage only
+//! visits users still pending.
+
+use std::{pin::pin, time::Duration};
+
+use futures_util::{stream, TryStreamExt};
+use serde_json::Value;
+
+use super::{roles, StageContext, StageError, Step};
+use crate::{
+    auth0::{
+        types::{MethodsPage, Role, RolesPage},
+        Auth0Error,
+    },
+    db::{
+        self,
+        profiles::{Pass, UserEnrichment},
+    },
+    model::Enrich,
+    queue::JobKind,
+};
+
+/// Users read from the database per page of a pass.
+const USER_PAGE: i64 = 500;
+/// Results are written at least this often, so progress stays live at low rates.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Seconds of Auth0 latency the in-flight window must cover (with headroom) to keep the pipe full.
+const LATENCY_BUDGET: f64 = 0.6;
+
+pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
+    let enrich = ctx.export.request.enrich;
+    let users = {
+        let mut conn = ctx.pool.acquire().await?;
+        db::profiles::count(&mut conn, ctx.export.id).await?
+    };
+    let in_flight = in_flight_target(ctx);
+
+    let roles = async {
+        if !enrich.roles || ctx.export.roles_fetched {
+            return Ok(());
+        }
+        match roles::enumerate(ctx, users, in_flight).await? {
+            roles::PER_USER => per_user_pass(ctx, Pass::Roles, enrich, in_flight).await,
+            _ => Ok(()),
+        }
+    };
+    let mfa = async {
+        if enrich.any_mfa() {
+            per_user_pass(ctx, Pass::Mfa, enrich, in_flight).await
+        } else {
+            Ok(())
+        }
+    };
+    tokio::try_join!(roles, mfa)?;
+
+    // Users need no per-user call when only roles were asked for: checkpoint them all.
+    let mut tx = ctx.pool.begin().await?;
+    let rest = db::profiles::mark_all_enriched(&mut tx, ctx.export.id).await?;
+    sqlx::query("UPDATE exports SET users_enriched = users_enriched + $2 WHERE id = $1")
+        .bind(ctx.export.id)
+        .bind(rest as i64)
+        .execute(&mut *tx)
+        .await?;
+    ctx.flush_stats(&mut tx).await?;
+    tx.commit().await?;
+    Ok(Step::Advance(Some(JobKind::Finalize)))
+}
+
+/// Calls in flight: rate × latency budget, so waiting on Auth0 never idles the limiter.
+fn in_flight_target(ctx: &StageContext) -> usize {
+    ctx.settings
+        .enrich_concurrency
+        .unwrap_or_else(|| (ctx.client.tenant.rate_limit * LATENCY_BUDGET).ceil() as usize)
+        .clamp(4, 256)
+}
+
+/// Visits every pending user of the pass with bounded concurrency, writing results in batches.
+async fn per_user_pass(ctx: &StageContext, pass: Pass, enrich: Enrich, in_flight: usize) -> Result<(), StageError> {
+    let calls_per_user = match pass {
+        Pass::Roles => 1,
+        Pass::Mfa => [enrich.authentication_methods, enrich.authenticators, enrich.enrollments].iter().filter(|b| **b).count(),
+    };
+    let concurrency = in_flight.div_ceil(calls_per_user.max(1)).max(1);
+    let pool = ctx.pool.clone();
+    let export = ctx.export.id;
+
+    let users = stream::try_unfold(None::<String>, move |after| {
+        let pool = pool.clone();
+        async move {
+            let page = db::profiles::pending_users(&pool, export, pass, after.as_deref(), USER_PAGE).await?;
+            Ok::<_, StageError>(page.last().cloned().map(|last| (stream::iter(page.into_iter().map(Ok)), Some(last))))
+        }
+    })
+    .try_flatten();
+    let results = users.map_ok(|user_id| fetch_user(ctx, user_id, pass, enrich)).try_buffer_unordered(concurrency);
+    let mut results = pin!(results);
+
+    let batch_size = ctx.settings.enrich_batch.max(1);
+    let mut batch = Vec::with_capacity(batch_size);
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tokio::select! {
+            next = results.try_next() => match next? {
+                Some(user) => {
+                    batch.push(user);
+                    if batch.len() >= batch_size {
+                        store(ctx, pass, &mut batch).await?;
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => store(ctx, pass, &mut batch).await?,
+        }
+    }
+    store(ctx, pass, &mut batch).await
+}
+
+async fn store(ctx: &StageContext, pass: Pass, batch: &mut Vec<UserEnrichment>) -> Result<(), StageError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut tx = ctx.pool.begin().await?;
+    let new = db::profiles::store_enrichments(&mut tx, ctx.export.id, pass, batch).await?;
+    if pass == Pass::Mfa {
+        sqlx::query("UPDATE exports SET users_enriched = users_enriched + $2 WHERE id = $1")
+            .bind(ctx.export.id)
+            .bind(new as i64)
+            .execute(&mut *tx)
+            .await?;
+    }
+    ctx.flush_stats(&mut tx).await?;
+    tx.commit().await?;
+    batch.clear();
+    Ok(())
+}
+
+/// One user's calls for the pass, concurrently. A user deleted since the export (404) keeps
+/// its exported fields and is marked `user_not_found`.
+async fn fetch_user(ctx: &StageContext, user_id: String, pass: Pass, enrich: Enrich) -> Result<UserEnrichment, StageError> {
+    let mut out = UserEnrichment { user_id, ..Default::default() };
+    let fetched = match pass {
+        Pass::Roles => fetch_roles(ctx, &out.user_id).await.map(|roles| out.roles = Some(roles)),
+        Pass::Mfa => {
+            let id = out.user_id.as_str();
+            let (methods, authenticators, enrollments) = tokio::join!(
+                maybe(enrich.authentication_methods, fetch_methods(ctx, id)),
+                maybe(enrich.authenticators, fetch_list(ctx, id, "authenticators", "GET /api/v2/users/{id}/authenticators")),
+                maybe(enrich.enrollments, fetch_list(ctx, id, "enrollments", "GET /api/v2/users/{id}/enrollments")),
+            );
+            (|| -> Result<(), Auth0Error> {
+                out.authentication_methods = methods?;
+                out.authenticators = authenticators?;
+                out.enrollments = enrollments?;
+                out.has_mfa = Some(has_confirmed_factor(&out));
+                Ok(())
+            })()
+        }
+    };
+    match fetched {
+        Ok(()) => Ok(out),
+        Err(Auth0Error::NotFound(_)) => Ok(UserEnrichment {
+            error: Some("user_not_found".into()),
+            has_mfa: (pass == Pass::Mfa).then_some(false),
+            ..UserEnrichment { user_id: out.user_id, ..Default::default() }
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn maybe<F: std::future::Future<Output = Result<Value, Auth0Error>>>(
+    wanted: bool,
+    call: F,
+) -> Result<Option<Value>, Auth0Error> {
+    if wanted {
+        call.await.map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// `GET /users/{id}/roles`, sorted by name in byte order like the by-role path.
+async fn fetch_roles(ctx: &StageContext, user_id: &str) -> Result<Value, Auth0Error> {
+    let mut all: Vec<Role> = Vec::new();
+    for page in 0.. {
+        let page_no = page.to_string();
+        let url = ctx.client.api_url(
+            &["users", user_id, "roles"],
+            &[("per_page", "100"), ("page", &page_no), ("include_totals", "true")],
+        );
+        let (roles, total) = ctx.client.get::<RolesPage>("GET /api/v2/users/{id}/roles", url, &ctx.stats).await?.into_parts();
+        let short = roles.len() < 100;
+        all.extend(roles);
+        if short || total.is_some_and(|t| all.len() as u64 >= t) {
+            break;
+        }
+    }
+    all.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+    Ok(serde_json::to_value(all).expect("roles serialise"))
+}
+
+/// `GET /users/{id}/authentication-methods`, every page, items unchanged.
+async fn fetch_methods(ctx: &StageContext, user_id: &str) -> Result<Value, Auth0Error> {
+    let mut all: Vec<Value> = Vec::new();
+    for page in 0.. {
+        let page_no = page.to_string();
+        let url = ctx.client.api_url(
+            &["users", user_id, "authentication-methods"],
+            &[("per_page", "100"), ("page", &page_no), ("include_totals", "true")],
+        );
+        let (items, total) =
+            ctx.client.get::<MethodsPage>("GET /api/v2/users/{id}/authentication-methods", url, &ctx.stats).await?.into_parts();
+        let short = items.len() < 100;
+        all.extend(items);
+        if short || total.is_some_and(|t| all.len() as u64 >= t) {
+            break;
+        }
+    }
+    Ok(Value::Array(all))
+}
+
+/// A bare-array endpoint (`/authenticators`, `/enrollments`).
+async fn fetch_list(ctx: &StageContext, user_id: &str, what: &str, endpoint: &'static str) -> Result<Value, Auth0Error> {
+    let url = ctx.client.api_url(&["users", user_id, what], &[]);
+    let items: Vec<Value> = ctx.client.get(endpoint, url, &ctx.stats).await?;
+    Ok(Value::Array(items))
+}
+
+/// At least one confirmed factor that is not a password or an email verification.
+fn has_confirmed_factor(u: &UserEnrichment) -> bool {
+    let is_factor = |item: &Value| {
+        !matches!(item.get("type").and_then(Value::as_str), Some("password" | "email-verification"))
+    };
+    let confirmed = |list: &Option<Value>| {
+        list.as_ref().and_then(Value::as_array).is_some_and(|items| {
+            items.iter().any(|i| is_factor(i) && i.get("confirmed").and_then(Value::as_bool) == Some(true))
+        })
+    };
+    let enrolled = u.enrollments.as_ref().and_then(Value::as_array).is_some_and(|items| {
+        items.iter().any(|i| i.get("status").and_then(Value::as_str) == Some("confirmed"))
+    });
+    confirmed(&u.authentication_methods) || confirmed(&u.authenticators) || enrolled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn password_and_unconfirmed_factors_do_not_count() {
+        let mut u = UserEnrichment {
+            authentication_methods: Some(json!([
+                {"id": "password|1", "type": "password", "confirmed": true},
+                {"id": "email-verification|1", "type": "email-verification", "confirmed": true},
+                {"id": "totp|1", "type": "totp", "confirmed": false}
+            ])),
+            ..Default::default()
+        };
+        assert!(!has_confirmed_factor(&u));
+        u.enrollments = Some(json!([{"id": "dev_1", "status": "confirmed"}]));
+        assert!(has_confirmed_factor(&u));
+        u.enrollments = None;
+        u.authenticators = Some(json!([{"id": "push|1", "type": "push", "confirmed": true}]));
+        assert!(has_confirmed_factor(&u));
+    }
+}

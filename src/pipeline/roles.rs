@@ -1,0 +1,137 @@
+//! Roles by role, not by user: list the roles, page each role's members by checkpoint, invert.
+//!
+//! One call per 100 members replaces one call per user. When the export holds fewer users than
+//! enumerating would cost (a `limit`ed export of a big tenant), enumeration stops at that budget
+//! and the per-user pass takes over, so the cost never exceeds twice the cheaper way.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use futures_util::{stream, TryStreamExt};
+
+use super::{StageContext, StageError};
+use crate::{
+    auth0::types::{RoleMembersPage, RolesPage},
+    db,
+};
+
+pub const BY_ROLE: &str = "by_role";
+pub const PER_USER: &str = "per_user";
+
+/// Page size of Auth0's role and member listings.
+const PAGE: usize = 100;
+
+/// Decides how roles are fetched and, by role, fetches them; returns the strategy to finish with.
+pub async fn enumerate(ctx: &StageContext, users: i64, concurrency: usize) -> Result<&'static str, StageError> {
+    let export = ctx.export.id;
+    match ctx.export.roles_strategy.as_deref() {
+        Some(PER_USER) => return Ok(PER_USER),
+        Some(_) => {}
+        None => {
+            list_roles(ctx).await?;
+            let roles = db::roles::count_roles(&ctx.pool, export).await?;
+            // Each role costs at least one call by role; each user exactly one per user.
+            let strategy = if users < roles { PER_USER } else { BY_ROLE };
+            set_strategy(ctx, strategy).await?;
+            if strategy == PER_USER {
+                return Ok(PER_USER);
+            }
+        }
+    }
+
+    let budget = AtomicI64::new(users);
+    let unfinished = db::roles::unfinished(&ctx.pool, export).await?;
+    let outcome = stream::iter(unfinished.into_iter().map(Ok))
+        .try_for_each_concurrent(concurrency.max(1), |(role_id, from)| page_members(ctx, role_id, from, &budget))
+        .await;
+    match outcome {
+        Ok(()) => {
+            let mut tx = ctx.pool.begin().await?;
+            db::roles::fold_into_profiles(&mut tx, export).await?;
+            sqlx::query("UPDATE exports SET roles_fetched = true WHERE id = $1").bind(export).execute(&mut *tx).await?;
+            ctx.flush_stats(&mut tx).await?;
+            tx.commit().await?;
+            Ok(BY_ROLE)
+        }
+        Err(Enumeration::OverBudget) => {
+            tracing::info!(users, "enumerating roles costs more than per-user calls; switching");
+            set_strategy(ctx, PER_USER).await?;
+            Ok(PER_USER)
+        }
+        Err(Enumeration::Failed(e)) => Err(e),
+    }
+}
+
+async fn set_strategy(ctx: &StageContext, strategy: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE exports SET roles_strategy = $2 WHERE id = $1")
+        .bind(ctx.export.id)
+        .bind(strategy)
+        .execute(&ctx.pool)
+        .await
+        .map(drop)
+}
+
+async fn list_roles(ctx: &StageContext) -> Result<(), StageError> {
+    let mut page = 0usize;
+    loop {
+        let per_page = PAGE.to_string();
+        let page_no = page.to_string();
+        let url = ctx.client.api_url(
+            &["roles"],
+            &[("per_page", &per_page), ("page", &page_no), ("include_totals", "true")],
+        );
+        let (roles, total) = ctx.client.get::<RolesPage>("GET /api/v2/roles", url, &ctx.stats).await?.into_parts();
+        let mut conn = ctx.pool.acquire().await?;
+        db::roles::store_roles(&mut conn, ctx.export.id, &roles).await?;
+        let seen = page * PAGE + roles.len();
+        if roles.len() < PAGE || total.is_some_and(|t| seen as u64 >= t) {
+            return Ok(());
+        }
+        page += 1;
+    }
+}
+
+enum Enumeration {
+    OverBudget,
+    Failed(StageError),
+}
+
+impl From<sqlx::Error> for Enumeration {
+    fn from(e: sqlx::Error) -> Self {
+        Enumeration::Failed(e.into())
+    }
+}
+
+impl From<crate::auth0::Auth0Error> for Enumeration {
+    fn from(e: crate::auth0::Auth0Error) -> Self {
+        Enumeration::Failed(e.into())
+    }
+}
+
+/// Pages one role's members from its checkpoint, storing each page with the next checkpoint.
+async fn page_members(
+    ctx: &StageContext,
+    role_id: String,
+    mut from: Option<String>,
+    budget: &AtomicI64,
+) -> Result<(), Enumeration> {
+    loop {
+        if budget.fetch_sub(1, Ordering::Relaxed) <= 0 {
+            return Err(Enumeration::OverBudget);
+        }
+        let take = PAGE.to_string();
+        let mut query = vec![("take", take.as_str())];
+        if let Some(f) = from.as_deref() {
+            query.push(("from", f));
+        }
+        let url = ctx.client.api_url(&["roles", &role_id, "users"], &query);
+        let page: RoleMembersPage = ctx.client.get("GET /api/v2/roles/{id}/users", url, &ctx.stats).await?;
+        let users: Vec<String> = page.users.into_iter().map(|u| u.user_id).collect();
+        // An empty page with a cursor would loop forever; treat it as the end.
+        let next = page.next.filter(|n| !n.is_empty() && !users.is_empty());
+        db::roles::store_members_page(&ctx.pool, ctx.export.id, &role_id, &users, next.as_deref()).await?;
+        match next {
+            Some(n) => from = Some(n),
+            None => return Ok(()),
+        }
+    }
+}
