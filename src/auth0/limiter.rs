@@ -1,19 +1,31 @@
 //! One Management API budget per tenant, shared by every worker and replica (GCRA in Postgres).
 //!
-//! Each request reserves the next emission slot in `rate_limits.tat` with one statement; every
-//! replica reads and advances the same row, so together they never exceed the configured rate.
-//! Auth0's own headers push the row forward when the tenant is closer to its limit than we are.
+//! A process reserves a small batch of emission slots in `rate_limits.tat` with one statement and
+//! hands them to its requests one by one; every replica advances the same row, so together they
+//! never exceed the configured rate. Auth0's own headers push the row forward when the tenant is
+//! closer to its limit than we are.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use tokio::sync::Mutex;
 
-#[derive(Clone)]
 pub struct RateLimiter {
     pool: PgPool,
     tenant: String,
     /// Seconds between two requests: 1 / rate.
     interval: f64,
+    /// Slots reserved per database round trip: about a tenth of a second's worth.
+    batch: u32,
+    /// Slots this process reserved and has not handed out yet. A mutex, so that one task at a
+    /// time talks to the row and the others wait in memory instead of on row locks.
+    local: Mutex<Reserved>,
+}
+
+#[derive(Default)]
+struct Reserved {
+    next: Option<Instant>,
+    left: u32,
 }
 
 /// What one response said about the tenant's bucket.
@@ -38,13 +50,40 @@ impl RateLimitHeaders {
 
 impl RateLimiter {
     pub fn new(pool: PgPool, tenant: &str, rate: f64) -> RateLimiter {
-        RateLimiter { pool, tenant: tenant.to_owned(), interval: 1.0 / rate }
+        RateLimiter {
+            pool,
+            tenant: tenant.to_owned(),
+            interval: 1.0 / rate,
+            batch: ((rate / 10.0).ceil() as u32).clamp(1, 20),
+            local: Mutex::new(Reserved::default()),
+        }
     }
 
-    /// Reserves the next slot and sleeps until it comes; returns the time slept.
+    /// Takes the next slot (reserving a batch when none is left) and sleeps until it comes.
     pub async fn acquire(&self) -> sqlx::Result<Duration> {
+        let slot = {
+            let mut local = self.local.lock().await;
+            if local.left == 0 {
+                let first = self.reserve(self.batch).await?;
+                *local = Reserved { next: Some(first), left: self.batch };
+            }
+            let slot = local.next.expect("set with left > 0");
+            local.next = Some(slot + Duration::from_secs_f64(self.interval));
+            local.left -= 1;
+            slot
+        };
+        let wait = slot.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+            add_wait_seconds(wait);
+        }
+        Ok(wait)
+    }
+
+    /// Reserves `k` consecutive slots; returns when the first may be used.
+    async fn reserve(&self, k: u32) -> sqlx::Result<Instant> {
         // The statement returns how far the new theoretical arrival time lies ahead of the
-        // database clock; our slot starts one interval before it.
+        // database clock; our k slots end there.
         let ahead: f64 = sqlx::query_scalar(
             "INSERT INTO rate_limits (tenant, tat) VALUES ($1, clock_timestamp() + make_interval(secs => $2))
              ON CONFLICT (tenant) DO UPDATE
@@ -52,15 +91,12 @@ impl RateLimiter {
              RETURNING extract(epoch FROM tat - clock_timestamp())::float8",
         )
         .bind(&self.tenant)
-        .bind(self.interval)
+        .bind(self.interval * f64::from(k))
         .fetch_one(&self.pool)
         .await?;
-        let wait = Duration::from_secs_f64((ahead - self.interval).max(0.0));
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-            add_wait_seconds(wait);
-        }
-        Ok(wait)
+        let first = ahead - self.interval * f64::from(k);
+        let now = Instant::now();
+        Ok(if first >= 0.0 { now + Duration::from_secs_f64(first) } else { now })
     }
 
     /// Feeds a response's headers back: an empty bucket holds everyone until Auth0's reset.
@@ -89,6 +125,8 @@ impl RateLimiter {
     }
 
     async fn push_back_to(&self, epoch_secs: f64) -> sqlx::Result<()> {
+        // Slots reserved before the push are void: the next request reserves after it.
+        self.local.lock().await.left = 0;
         sqlx::query(
             "INSERT INTO rate_limits (tenant, tat) VALUES ($1, to_timestamp($2))
              ON CONFLICT (tenant) DO UPDATE SET tat = GREATEST(rate_limits.tat, to_timestamp($2))",

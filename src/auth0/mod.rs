@@ -120,6 +120,8 @@ pub(crate) fn transient_backoff() -> impl Iterator<Item = Duration> {
         .with_max_delay(Duration::from_secs(10))
         .with_max_times(4)
         .with_jitter()
+        // Without std, backon seeds every jitter the same: replicas would retry in lockstep.
+        .with_jitter_seed(fastrand::u64(..))
         .build()
 }
 

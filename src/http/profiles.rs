@@ -171,7 +171,7 @@ pub async fn download(
     let disposition = format!("attachment; filename=\"export-{export_id}.{extension}\"");
     Ok((
         [(header::CONTENT_TYPE, content_type.to_owned()), (header::CONTENT_DISPOSITION, disposition)],
-        Body::from_stream(pages.boxed()),
+        Body::from_stream(pages.fuse().boxed()),
     )
         .into_response())
 }

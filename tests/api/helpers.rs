@@ -1,0 +1,244 @@
+//! Test harness: a fresh database per test, auth0-sim on port 0, the real app on port 0.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use auth0_exporter::{
+    app::{Application, Role},
+    config::Settings,
+};
+use auth0_sim::{Config as SimConfig, Sim};
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const WRITE_TOKEN: &str = "test-write-token";
+pub const READ_TOKEN: &str = "test-read-token";
+
+/// The server every test database is created on (`TEST_DATABASE_URL`, else the local cluster).
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database() -> String {
+    let admin = admin_url();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect(&admin).await.expect("TEST_DATABASE_URL reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+    let (base, _) = admin.rsplit_once('/').expect("url has a database");
+    format!("{base}/{name}")
+}
+
+/// A small, fast simulated tenant; tests adjust what they exercise.
+pub fn sim_config(users: u64) -> SimConfig {
+    SimConfig {
+        users,
+        roles: 8,
+        rate: 1000.0,
+        burst: 1000,
+        job_base: Duration::from_millis(300),
+        job_per_user: Duration::ZERO,
+        ..SimConfig::default()
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub pool: PgPool,
+    pub sim: Arc<Sim>,
+    pub database_url: String,
+    stop: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Settings pointing at `sim` and `database_url`, with short queue timings for tests.
+pub fn settings(sim: &Sim, database_url: &str, rate: f64) -> Settings {
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("DATABASE_URL", database_url.to_owned()),
+        ("LISTEN_ADDR", "127.0.0.1:0".into()),
+        ("AUTH0_BASE_URL", sim.base_url()),
+        ("AUTH0_TENANT", "sim".into()),
+        ("AUTH0_CLIENT_ID", "sim-client".into()),
+        ("AUTH0_CLIENT_SECRET", "sim-secret".into()),
+        ("AUTH0_RATE_LIMIT", rate.to_string()),
+        ("API_TOKENS", format!("writer:{WRITE_TOKEN}:read+write,reader:{READ_TOKEN}:read")),
+    ]);
+    let mut s = Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings");
+    s.worker.poll_interval_ms = 100;
+    s.worker.lease_secs = 3;
+    s.worker.download_batch = 50;
+    s.worker.enrich_batch = 25;
+    s.worker.shutdown_grace_secs = 5;
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(sim_config(120), 500.0).await
+}
+
+pub async fn spawn_app_with(sim: SimConfig, rate: f64) -> TestApp {
+    let sim = Arc::new(Sim::start(sim, "127.0.0.1:0".parse().unwrap()).await.expect("sim starts"));
+    let database_url = fresh_database().await;
+    spawn_replica(sim, &database_url, rate, Role::All).await
+}
+
+/// Another service instance (a replica) on the same database and sim.
+pub async fn spawn_replica(sim: Arc<Sim>, database_url: &str, rate: f64, role: Role) -> TestApp {
+    if std::env::var("RUST_LOG").is_ok() {
+        auth0_exporter::telemetry::init_logging();
+    }
+    let app = Application::build(settings(&sim, database_url, rate), role).await.expect("app builds");
+    let base = app.local_addr().map(|a| format!("http://{a}")).unwrap_or_default();
+    let pool = app.pool().clone();
+    let stop = app.shutdown_token();
+    let server = tokio::spawn(app.run());
+    TestApp {
+        base,
+        http: reqwest::Client::new(),
+        pool,
+        sim,
+        database_url: database_url.to_owned(),
+        stop,
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).bearer_auth(token).send().await.expect("request sent")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let resp = self.get(path, READ_TOKEN).await;
+        assert_eq!(resp.status(), 200, "GET {path}");
+        resp.json().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.http.post(self.url(path)).bearer_auth(token).json(body).send().await.expect("request sent")
+    }
+
+    /// Creates an export and returns its id.
+    pub async fn create_export(&self, body: Value) -> String {
+        let resp = self.post("/v1/exports", WRITE_TOKEN, &body).await;
+        assert_eq!(resp.status(), 202, "create export");
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        let export: Value = resp.json().await.unwrap();
+        let id = export["id"].as_str().unwrap().to_owned();
+        assert_eq!(location, format!("/v1/exports/{id}"));
+        id
+    }
+
+    /// Polls until the export reaches a final status; returns the export resource.
+    pub async fn wait_for(&self, id: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let export = self.get_json(&format!("/v1/exports/{id}")).await;
+            if export["status"] == status {
+                return export;
+            }
+            assert!(
+                !["completed", "failed", "cancelled"].contains(&export["status"].as_str().unwrap()),
+                "export ended {} instead of {status}: {export}",
+                export["status"]
+            );
+            assert!(tokio::time::Instant::now() < deadline, "export stuck: {export}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until `check` holds for the export resource.
+    pub async fn wait_until(&self, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let export = self.get_json(&format!("/v1/exports/{id}")).await;
+            if check(&export) {
+                return export;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never reached {what}: {export}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every profile of the export through the paginated API, checking order, duplicates and gaps.
+    pub async fn all_profiles(&self, id: &str, query: &str, page: usize) -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/exports/{id}/profiles?limit={page}{query}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let body = self.get_json(&path).await;
+            let data = body["data"].as_array().unwrap();
+            assert!(data.len() <= page);
+            out.extend(data.iter().cloned());
+            match body["next_cursor"].as_str() {
+                Some(c) => {
+                    assert_eq!(data.len(), page, "a page before the last is full");
+                    cursor = Some(c.to_owned());
+                }
+                None => break,
+            }
+        }
+        let ids: Vec<&str> = out.iter().map(|p| p["user_id"].as_str().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "profiles strictly ordered by user_id, no duplicates");
+        out
+    }
+
+    /// Stops this instance as SIGTERM would and waits for it.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The sim's ground truth restricted to what an export requested.
+pub fn expected(truth: &[Value], enrich: &[&str]) -> Vec<Value> {
+    truth
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            for key in ["roles", "authentication_methods", "authenticators", "enrollments"] {
+                if !enrich.contains(&key) {
+                    t.as_object_mut().unwrap().remove(key);
+                }
+            }
+            t
+        })
+        .collect()
+}
+
+/// Field-for-field comparison with a readable failure.
+pub fn assert_profiles_equal(served: &[Value], expected: &[Value]) {
+    assert_eq!(served.len(), expected.len(), "profile count");
+    for (s, e) in served.iter().zip(expected) {
+        assert_eq!(s, e, "profile {} differs from the ground truth", e["user_id"]);
+    }
+}
+
+pub fn all_enrichments() -> Value {
+    json!({"roles": true, "authentication_methods": true, "authenticators": true, "enrollments": true})
+}
+
+/// Whether the ground truth says the user has a confirmed MFA factor (PRODUCT.md's rule).
+pub fn truth_has_mfa(t: &Value) -> bool {
+    let factor = |i: &Value| !matches!(i["type"].as_str(), Some("password" | "email-verification")) && i["confirmed"] == true;
+    t["authentication_methods"].as_array().unwrap().iter().any(factor)
+        || t["authenticators"].as_array().unwrap().iter().any(factor)
+        || t["enrollments"].as_array().unwrap().iter().any(|e| e["status"] == "confirmed")
+}

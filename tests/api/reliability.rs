@@ -1,0 +1,209 @@
+//! Crashes, lost leases, shutdowns and replicas: nothing lost, nothing doubled, the limit kept.
+
+use std::{process::Stdio, time::Duration};
+
+use auth0_exporter::{
+    app::Role,
+    queue::{self, Heartbeat, JobKind},
+};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+/// A `serve` process of the real binary, so a crash can be a real `kill -9`.
+fn spawn_process(sim_url: &str, database_url: &str, rate: f64) -> tokio::process::Child {
+    // A short lease, so the rescuer notices the dead worker within seconds.
+    let config = std::env::temp_dir().join(format!("exporter-test-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &config,
+        "[worker]\nconcurrency = 2\nlease_secs = 3\npoll_interval_ms = 100\ndownload_batch = 50\nenrich_batch = 10\nshutdown_grace_secs = 5\n",
+    )
+    .unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_auth0-exporter"))
+        .arg("serve")
+        .env("EXPORTER_CONFIG", &config)
+        .env("DATABASE_URL", database_url)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("AUTH0_BASE_URL", sim_url)
+        .env("AUTH0_TENANT", "sim")
+        .env("AUTH0_CLIENT_ID", "sim-client")
+        .env("AUTH0_CLIENT_SECRET", "sim-secret")
+        .env("AUTH0_RATE_LIMIT", rate.to_string())
+        .env("API_TOKENS", format!("writer:{WRITE_TOKEN}:read+write"))
+        .env("ENRICH_CONCURRENCY", "8")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the service binary starts")
+}
+
+#[tokio::test]
+async fn kill_9_mid_enrichment_resumes_exactly() {
+    let mut sim = sim_config(200);
+    sim.rate = 60.0;
+    sim.burst = 60;
+    let app = spawn_app_with(sim, 60.0).await;
+    // The in-process app only serves the API for this test: its workers must not pick the job.
+    let api = spawn_replica(app.sim.clone(), &app.database_url, 60.0, Role::Api).await;
+    app.shutdown().await;
+
+    let mut worker = spawn_process(&api.sim.base_url(), &api.database_url, 60.0);
+    let id = api.create_export(json!({"enrich": {"roles": true, "authentication_methods": true}})).await;
+    api.wait_until(&id, "some users enriched", |e| e["progress"]["users_enriched"].as_u64().unwrap_or(0) >= 40).await;
+    worker.start_kill().unwrap();
+    worker.wait().await.unwrap();
+    let at_crash = api.get_json(&format!("/v1/exports/{id}")).await;
+    assert_eq!(at_crash["status"], "running");
+
+    // A new process finds the job once its lease expires (the rescuer) and resumes it.
+    let _worker = spawn_process(&api.sim.base_url(), &api.database_url, 60.0);
+    let export = api.wait_for(&id, "completed").await;
+    let served = api.all_profiles(&id, "", 100).await;
+    assert_profiles_equal(&served, &expected(&api.sim.truth(), &["roles", "authentication_methods"]));
+    assert_eq!(export["progress"]["users_enriched"], 200, "each user counted once");
+    // Resuming skipped users already enriched: at most a batch in flight is repeated.
+    let methods_calls = api.sim.stats().by_endpoint["GET /api/v2/users/{id}/authentication-methods"];
+    assert!(methods_calls < 200 + 60, "{methods_calls} per-user calls for 200 users");
+}
+
+async fn fresh_pool() -> PgPool {
+    let url = fresh_database().await;
+    let pool = PgPool::connect(&url).await.unwrap();
+    auth0_exporter::db::migrate(&pool).await.unwrap();
+    pool
+}
+
+async fn new_export(pool: &PgPool) -> uuid::Uuid {
+    let id = uuid::Uuid::now_v7();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO exports (id, tenant, request, request_hash) VALUES ($1, 'sim', '{}', 'h')")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    queue::enqueue(&mut tx, id, JobKind::CreateJob).await.unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn a_lost_lease_fences_the_old_worker_out() {
+    let pool = fresh_pool().await;
+    let export = new_export(&pool).await;
+    let lease = Duration::from_secs(30);
+    let first = queue::claim(&pool, "a", lease).await.unwrap().expect("a job");
+    assert_eq!(first.export_id, export);
+    assert!(queue::claim(&pool, "b", lease).await.unwrap().is_none(), "a claimed job is not claimed twice");
+
+    // Worker a stalls: its lease runs out and the rescuer hands the job to b.
+    sqlx::query("UPDATE queue_jobs SET lease_expires_at = now() - interval '1 second'").execute(&pool).await.unwrap();
+    assert_eq!(queue::rescue_expired(&pool).await.unwrap(), 1);
+    let second = queue::claim(&pool, "b", lease).await.unwrap().expect("rescued job");
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.attempt, first.attempt + 1);
+
+    assert_eq!(queue::heartbeat(&pool, &first, lease).await.unwrap(), Heartbeat::Lost);
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(!queue::finish(&mut conn, &first, "completed", None).await.unwrap(), "the old attempt cannot finish");
+    assert!(!queue::reschedule(&pool, &first, Duration::ZERO, true, None).await.unwrap());
+    assert_eq!(queue::heartbeat(&pool, &second, lease).await.unwrap(), Heartbeat::Held { cancel_requested: false });
+    assert!(queue::finish(&mut conn, &second, "completed", None).await.unwrap());
+}
+
+#[tokio::test]
+async fn snoozes_and_shutdowns_do_not_burn_attempts() {
+    let pool = fresh_pool().await;
+    new_export(&pool).await;
+    let lease = Duration::from_secs(30);
+    let job = queue::claim(&pool, "a", lease).await.unwrap().unwrap();
+    assert_eq!(job.attempt, 1);
+    assert!(queue::reschedule(&pool, &job, Duration::ZERO, true, None).await.unwrap());
+    let again = queue::claim(&pool, "a", lease).await.unwrap().unwrap();
+    assert_eq!(again.attempt, 1, "a snooze hands the attempt back");
+    assert!(queue::reschedule(&pool, &again, Duration::from_secs(60), false, Some("boom")).await.unwrap());
+    assert!(queue::claim(&pool, "a", lease).await.unwrap().is_none(), "a retry waits for its run_at");
+}
+
+#[tokio::test]
+async fn many_workers_run_each_export_once() {
+    let app = spawn_app_with(sim_config(30), 500.0).await;
+    let replicas = [
+        spawn_replica(app.sim.clone(), &app.database_url, 500.0, Role::Worker).await,
+        spawn_replica(app.sim.clone(), &app.database_url, 500.0, Role::Worker).await,
+    ];
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(app.create_export(json!({"enrich": {"roles": true, "authentication_methods": false}})).await);
+    }
+    for id in &ids {
+        app.wait_for(id, "completed").await;
+    }
+    assert_eq!(app.sim.stats().jobs_created, 6, "one Auth0 job per export");
+    let per_stage: Vec<(String, i64)> =
+        sqlx::query_as("SELECT kind, count(*) FROM queue_jobs WHERE state = 'completed' GROUP BY kind ORDER BY kind")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    for (kind, n) in per_stage {
+        if kind != "wait_job" {
+            assert_eq!(n, 6, "{kind} completed once per export");
+        }
+    }
+    drop(replicas);
+}
+
+#[tokio::test]
+async fn shutdown_hands_running_work_back() {
+    let mut sim = sim_config(100);
+    sim.rate = 25.0;
+    sim.burst = 25;
+    let app = spawn_app_with(sim, 25.0).await;
+    let api = spawn_replica(app.sim.clone(), &app.database_url, 25.0, Role::Api).await;
+    let id = api.create_export(json!({})).await;
+    api.wait_until(&id, "enriching", |e| e["progress"]["users_enriched"].as_u64().unwrap_or(0) > 5).await;
+    app.shutdown().await;
+    let (state, attempt): (String, i32) =
+        sqlx::query_as("SELECT state, attempt FROM queue_jobs WHERE export_id = $1::uuid AND kind = 'enrich'")
+            .bind(&id)
+            .fetch_one(&api.pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), attempt), ("available", 0), "the interrupted stage is queued again, attempt given back");
+    let _worker = spawn_replica(api.sim.clone(), &api.database_url, 25.0, Role::Worker).await;
+    api.wait_for(&id, "completed").await;
+    let served = api.all_profiles(&id, "", 100).await;
+    assert_profiles_equal(&served, &expected(&api.sim.truth(), &["roles", "authentication_methods"]));
+}
+
+#[tokio::test]
+async fn three_replicas_together_stay_within_the_rate_limit() {
+    const LIMIT: f64 = 20.0;
+    let mut sim = sim_config(40);
+    // The tenant would allow far more: only our shared limiter keeps the pace.
+    sim.rate = 500.0;
+    sim.burst = 500;
+    let app = spawn_app_with(sim, LIMIT).await;
+    let others = [
+        spawn_replica(app.sim.clone(), &app.database_url, LIMIT, Role::All).await,
+        spawn_replica(app.sim.clone(), &app.database_url, LIMIT, Role::All).await,
+    ];
+    let mut ids = Vec::new();
+    for replica in [&app, &others[0], &others[1]] {
+        ids.push(replica.create_export(json!({"enrich": {"roles": true, "authentication_methods": true, "enrollments": true}})).await);
+    }
+    let started = std::time::Instant::now();
+    for id in &ids {
+        app.wait_for(id, "completed").await;
+    }
+    let stats = app.sim.stats();
+    let calls = stats.api_calls as f64;
+    assert!(calls > 240.0, "{calls} calls");
+    // A sliding one-second window may hold one extra request at the boundary.
+    assert!(stats.peak_per_second <= LIMIT as u64 + 1, "peak {} requests/s over a limit of {LIMIT}", stats.peak_per_second);
+    assert_eq!(stats.rate_limited, 0);
+    // Paced, not stalled: the whole run is close to calls / limit.
+    assert!(started.elapsed().as_secs_f64() < calls / LIMIT * 1.5 + 5.0, "{:?}", started.elapsed());
+}
