@@ -50,7 +50,8 @@ impl Application {
             anyhow::bail!("no Auth0 tenant configured: set AUTH0_DOMAIN (or AUTH0_BASE_URL), AUTH0_CLIENT_ID, AUTH0_CLIENT_SECRET");
         }
         for t in &settings.tenants {
-            reqwest::Url::parse(&t.base_url).with_context(|| format!("tenant {}: base URL {:?} is not a URL", t.name, t.base_url))?;
+            reqwest::Url::parse(&t.base_url)
+                .with_context(|| format!("tenant {}: base URL {:?} is not a URL", t.name, t.base_url))?;
         }
         if role != Role::Worker && settings.api_tokens.is_empty() {
             tracing::warn!("API_TOKENS is empty: every /v1 request will be refused with 401");

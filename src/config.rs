@@ -97,19 +97,14 @@ impl Settings {
         };
         let pick = |f: fn(&FileConfig) -> Option<String>| file.as_ref().and_then(f).or_else(|| f(&defaults));
 
-        let listen_addr = var("LISTEN_ADDR")
-            .or_else(|| pick(|c| c.listen_addr.clone()))
-            .unwrap_or_else(|| "0.0.0.0:8080".into());
+        let listen_addr =
+            var("LISTEN_ADDR").or_else(|| pick(|c| c.listen_addr.clone())).unwrap_or_else(|| "0.0.0.0:8080".into());
         let listen_addr: SocketAddr =
             listen_addr.parse().with_context(|| format!("LISTEN_ADDR {listen_addr:?} is not host:port"))?;
 
         let default_rate = match var("AUTH0_RATE_LIMIT") {
             Some(v) => parse_rate("AUTH0_RATE_LIMIT", &v)?,
-            None => file
-                .as_ref()
-                .and_then(|c| c.rate_limit)
-                .or(defaults.rate_limit)
-                .unwrap_or(16.0),
+            None => file.as_ref().and_then(|c| c.rate_limit).or(defaults.rate_limit).unwrap_or(16.0),
         };
 
         let mut worker = file

@@ -87,8 +87,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             println!("\nFetch the result (token {token}):");
             println!("  curl -H 'Authorization: Bearer {token}' {base}/v1/exports/{id}");
             println!("  curl -H 'Authorization: Bearer {token}' '{base}/v1/exports/{id}/profiles?limit=5'");
-            println!("  curl -H 'Authorization: Bearer {token}' '{base}/v1/exports/{id}/profiles?has_mfa=true&limit=5'");
-            println!("  curl -H 'Authorization: Bearer {token}' '{base}/v1/exports/{id}/download?format=csv' -o export.csv");
+            println!(
+                "  curl -H 'Authorization: Bearer {token}' '{base}/v1/exports/{id}/profiles?has_mfa=true&limit=5'"
+            );
+            println!(
+                "  curl -H 'Authorization: Bearer {token}' '{base}/v1/exports/{id}/download?format=csv' -o export.csv"
+            );
             println!("  curl {base}/metrics    curl {base}/openapi.json");
             if !args.exit {
                 println!("\nServing until Ctrl-C.");
@@ -126,15 +130,25 @@ async fn export_and_verify(base: &str, token: &str, sim: &auth0_sim::Sim) -> any
             .expect("static template"),
     );
     let export = loop {
-        let export: Value =
-            http.get(format!("{base}/v1/exports/{id}")).bearer_auth(token).send().await?.error_for_status()?.json().await?;
+        let export: Value = http
+            .get(format!("{base}/v1/exports/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
         let p = &export["progress"];
         if let Some(total) = p["users_total"].as_u64() {
             bar.set_length(total.max(1));
         }
         bar.set_position(p["users_enriched"].as_u64().unwrap_or(0));
         let eta = p["eta_seconds"].as_f64().map(|s| format!(", ETA {s:.0}s")).unwrap_or_default();
-        bar.set_message(format!("{} ({} Auth0 calls{eta})", export["stage"].as_str().unwrap_or("?"), export["stats"]["api_calls"]));
+        bar.set_message(format!(
+            "{} ({} Auth0 calls{eta})",
+            export["stage"].as_str().unwrap_or("?"),
+            export["stats"]["api_calls"]
+        ));
         match export["status"].as_str() {
             Some("completed") => break export,
             Some("failed" | "cancelled") => {

@@ -102,7 +102,10 @@ impl ExportRequest {
             }
             Some(Value::String(t)) if tenants.contains(t) => Some(t.clone()),
             Some(Value::String(t)) => {
-                errors.push(FieldError::new("tenant", format!("unknown tenant {t:?}; configured: {}", tenants.join(", "))));
+                errors.push(FieldError::new(
+                    "tenant",
+                    format!("unknown tenant {t:?}; configured: {}", tenants.join(", ")),
+                ));
                 None
             }
             Some(_) => {
@@ -193,7 +196,9 @@ fn validate_fields(items: &[Value], errors: &mut Vec<FieldError>) -> Vec<String>
             Some(f) if NOT_EXPORTABLE.contains(&f) => {
                 errors.push(FieldError::new(at, format!("{f:?} cannot be exported by Auth0")))
             }
-            Some(f) if fields.iter().any(|g| g == f) => errors.push(FieldError::new(at, format!("{f:?} appears twice"))),
+            Some(f) if fields.iter().any(|g| g == f) => {
+                errors.push(FieldError::new(at, format!("{f:?} appears twice")))
+            }
             Some(f) => fields.push(f.to_owned()),
         }
     }
@@ -268,15 +273,29 @@ mod tests {
         )
         .unwrap_err();
         let named: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
-        for f in ["extra", "tenant", "connection_id", "limit", "fields[1]", "fields[2]", "fields[3]", "fields[4]", "enrich.roles", "enrich.groups"] {
+        for f in [
+            "extra",
+            "tenant",
+            "connection_id",
+            "limit",
+            "fields[1]",
+            "fields[2]",
+            "fields[3]",
+            "fields[4]",
+            "enrich.roles",
+            "enrich.groups",
+        ] {
             assert!(named.contains(&f), "{f} missing from {named:?}");
         }
     }
 
     #[test]
     fn field_paths_and_user_id_insertion() {
-        let r = ExportRequest::from_body(&json!({"fields": ["email", "identities[0].connection", "user_metadata.a_b"]}), &tenants())
-            .unwrap();
+        let r = ExportRequest::from_body(
+            &json!({"fields": ["email", "identities[0].connection", "user_metadata.a_b"]}),
+            &tenants(),
+        )
+        .unwrap();
         assert_eq!(r.fields, ["user_id", "email", "identities[0].connection", "user_metadata.a_b"]);
         assert!(!is_field_path("identities[x]"));
         assert!(!is_field_path("a]"));

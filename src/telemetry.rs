@@ -18,7 +18,8 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+            let buckets =
+                [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
                 .expect("static buckets")
@@ -38,9 +39,17 @@ fn describe() {
     describe_histogram!("exporter_stage_duration_seconds", Unit::Seconds, "Time an export spent in each stage");
     describe_counter!("exporter_auth0_requests_total", "Auth0 requests by route template and HTTP status");
     describe_counter!("exporter_auth0_rate_limited_total", "429 answers from Auth0");
-    describe_counter!("exporter_rate_limiter_wait_seconds_total", Unit::Seconds, "Time spent waiting for the shared rate limiter");
+    describe_counter!(
+        "exporter_rate_limiter_wait_seconds_total",
+        Unit::Seconds,
+        "Time spent waiting for the shared rate limiter"
+    );
     describe_gauge!("exporter_queue_depth", "Queue jobs waiting to run");
-    describe_histogram!("exporter_http_request_duration_seconds", Unit::Seconds, "API request latency by route template");
+    describe_histogram!(
+        "exporter_http_request_duration_seconds",
+        Unit::Seconds,
+        "API request latency by route template"
+    );
     metrics::counter!("exporter_auth0_rate_limited_total").absolute(0);
     metrics::counter!("exporter_rate_limiter_wait_seconds_total").absolute(0);
 }

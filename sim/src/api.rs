@@ -65,11 +65,7 @@ fn injected_fault(unavailable: bool) -> Response {
             None,
         )
     } else {
-        errors::mgmt(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal Server Error",
-            None,
-        )
+        errors::mgmt(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", None)
     }
 }
 

@@ -19,10 +19,7 @@ const SCOPE: &str = "read:users read:roles read:role_members read:authentication
 
 pub async fn token(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     lock(&st.counters).stats.token_requests += 1;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"));
+    let is_json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("json"));
     let params = if is_json {
         match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body) {
             Ok(m) => m
@@ -32,13 +29,7 @@ pub async fn token(State(st): State<Arc<AppState>>, headers: HeaderMap, body: By
                     other => (k, other.to_string()),
                 })
                 .collect(),
-            Err(_) => {
-                return errors::oauth(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "Invalid JSON body",
-                )
-            }
+            Err(_) => return errors::oauth(StatusCode::BAD_REQUEST, "invalid_request", "Invalid JSON body"),
         }
     } else {
         parse_form(&body)
@@ -46,11 +37,7 @@ pub async fn token(State(st): State<Arc<AppState>>, headers: HeaderMap, body: By
     let get = |k: &str| params.get(k).map(String::as_str);
     match get("grant_type") {
         None => {
-            return errors::oauth(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "Missing required parameter: grant_type",
-            )
+            return errors::oauth(StatusCode::BAD_REQUEST, "invalid_request", "Missing required parameter: grant_type")
         }
         Some("client_credentials") => {}
         Some(other) => {
@@ -135,10 +122,7 @@ pub fn check_bearer(st: &AppState, headers: &HeaderMap) -> Result<(), Response> 
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
@@ -146,9 +130,9 @@ pub fn check_bearer(st: &AppState, headers: &HeaderMap) -> Result<(), Response> 
     };
     match lock(&st.tokens).get(token) {
         None => Err(errors::unauthorized("Invalid token")),
-        Some(exp) if *exp <= Instant::now() => Err(errors::unauthorized(
-            "Expired token received for JSON Web Token validation",
-        )),
+        Some(exp) if *exp <= Instant::now() => {
+            Err(errors::unauthorized("Expired token received for JSON Web Token validation"))
+        }
         Some(_) => Ok(()),
     }
 }

@@ -50,15 +50,11 @@ impl Rng {
     }
 
     pub fn alnum(&mut self, n: usize) -> String {
-        (0..n)
-            .map(|_| ALNUM[self.below(ALNUM.len() as u64) as usize] as char)
-            .collect()
+        (0..n).map(|_| ALNUM[self.below(ALNUM.len() as u64) as usize] as char).collect()
     }
 
     pub fn hex(&mut self, n: usize) -> String {
-        (0..n)
-            .map(|_| char::from_digit(self.below(16) as u32, 16).unwrap_or('0'))
-            .collect()
+        (0..n).map(|_| char::from_digit(self.below(16) as u32, 16).unwrap_or('0')).collect()
     }
 }
 
@@ -69,10 +65,7 @@ const SALT_MFA: u64 = 3;
 
 /// ISO-8601 UTC with milliseconds, as Auth0 prints dates.
 pub fn iso_ms(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 /// 2016-01-01T00:00:00Z, the earliest generated date.
@@ -85,11 +78,8 @@ pub struct Connection {
     pub strategy: &'static str,
 }
 
-pub const CONNECTION_NAMES: [(&str, &str); 3] = [
-    ("Username-Password-Authentication", "auth0"),
-    ("google-oauth2", "google-oauth2"),
-    ("corp", "samlp"),
-];
+pub const CONNECTION_NAMES: [(&str, &str); 3] =
+    [("Username-Password-Authentication", "auth0"), ("google-oauth2", "google-oauth2"), ("corp", "samlp")];
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Role {
@@ -177,22 +167,10 @@ const LAST: [&str; 20] = [
     "Brown 🎸",
     "Singh",
 ];
-const ASCII_FIRST: [&str; 12] = [
-    "jose", "zoe", "francois", "lukasz", "soren", "anne", "oneil", "jeanluc", "bjork", "chloe",
-    "kenji", "priya",
-];
-const ASCII_LAST: [&str; 10] = [
-    "garcia",
-    "muller",
-    "odegard",
-    "smith",
-    "dangelo",
-    "vanderberg",
-    "nakamura",
-    "kowalski",
-    "cohen",
-    "dupont",
-];
+const ASCII_FIRST: [&str; 12] =
+    ["jose", "zoe", "francois", "lukasz", "soren", "anne", "oneil", "jeanluc", "bjork", "chloe", "kenji", "priya"];
+const ASCII_LAST: [&str; 10] =
+    ["garcia", "muller", "odegard", "smith", "dangelo", "vanderberg", "nakamura", "kowalski", "cohen", "dupont"];
 const BIOS: [&str; 6] = [
     "Line one\nLine two, with \"quotes\" and, commas",
     "مرحبا بالعالم — RTL text",
@@ -236,11 +214,7 @@ impl Tenant {
                 let mut rng = Rng::stream(seed, r as u64, 6);
                 let base = ROLE_NAMES[r as usize % ROLE_NAMES.len()];
                 let round = r as usize / ROLE_NAMES.len();
-                let name = if round == 0 {
-                    base.to_string()
-                } else {
-                    format!("{base} {}", round + 1)
-                };
+                let name = if round == 0 { base.to_string() } else { format!("{base} {}", round + 1) };
                 Role {
                     id: format!("rol_{}", rng.alnum(16)),
                     name,
@@ -260,28 +234,13 @@ impl Tenant {
             ids.push(base.user_id.into_boxed_str());
             conn.push(base.conn);
         }
-        let by_id = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.clone(), i as u32))
-            .collect();
+        let by_id = ids.iter().enumerate().map(|(i, id)| (id.clone(), i as u32)).collect();
         let mut sorted: Vec<u32> = (0..users as u32).collect();
         sorted.sort_by(|a, b| ids[*a as usize].cmp(&ids[*b as usize]));
         for m in &mut members {
             m.sort_by(|a, b| (a.0, &ids[a.1 as usize]).cmp(&(b.0, &ids[b.1 as usize])));
         }
-        Tenant {
-            seed,
-            mfa_share,
-            tenant: tenant.to_string(),
-            connections,
-            roles,
-            ids,
-            conn,
-            by_id,
-            sorted,
-            members,
-        }
+        Tenant { seed, mfa_share, tenant: tenant.to_string(), connections, roles, ids, conn, by_id, sorted, members }
     }
 
     pub fn len(&self) -> u64 {
@@ -340,13 +299,7 @@ impl UserBase {
             _ => format!("samlp|corp|{local}{idx}@corp.example"),
         };
         let created_ms = EPOCH_2016_MS + rng.below(8 * YEAR_MS) as i64;
-        UserBase {
-            rng,
-            conn,
-            user_id,
-            local,
-            created_ms,
-        }
+        UserBase { rng, conn, user_id, local, created_ms }
     }
 }
 
@@ -357,9 +310,7 @@ fn user_role_indexes(seed: u64, idx: u64, roles: u32) -> Vec<u32> {
     match kind {
         0..=24 => Vec::new(),
         25..=27 => (0..roles).collect(),
-        _ => (0..roles)
-            .filter(|r| rng.chance(if *r == 0 { 0.5 } else { 0.12 }))
-            .collect(),
+        _ => (0..roles).filter(|r| rng.chance(if *r == 0 { 0.5 } else { 0.12 })).collect(),
     }
 }
 
@@ -384,22 +335,13 @@ fn build_user(seed: u64, idx: u64, connections: &[Connection]) -> Value {
     };
     if let Some(email) = &email {
         u.insert("email".into(), json!(email));
-        u.insert(
-            "email_verified".into(),
-            json!(base.conn != 0 || rng.chance(0.7)),
-        );
+        u.insert("email_verified".into(), json!(base.conn != 0 || rng.chance(0.7)));
     }
     if base.conn == 0 && (email.is_none() || rng.chance(0.4)) {
-        u.insert(
-            "username".into(),
-            json!(format!("user_{idx}_{}", rng.alnum(4))),
-        );
+        u.insert("username".into(), json!(format!("user_{idx}_{}", rng.alnum(4))));
     }
     if rng.chance(0.2) {
-        u.insert(
-            "phone_number".into(),
-            json!(format!("+1555{:07}", rng.below(10_000_000))),
-        );
+        u.insert("phone_number".into(), json!(format!("+1555{:07}", rng.below(10_000_000))));
         u.insert("phone_verified".into(), json!(rng.chance(0.5)));
     }
     let full = format!("{first} {last}");
@@ -408,14 +350,7 @@ fn build_user(seed: u64, idx: u64, connections: &[Connection]) -> Value {
         _ => full,
     };
     u.insert("name".into(), json!(name));
-    u.insert(
-        "nickname".into(),
-        json!(if rng.chance(0.5) {
-            base.local.clone()
-        } else {
-            first.to_string()
-        }),
-    );
+    u.insert("nickname".into(), json!(if rng.chance(0.5) { base.local.clone() } else { first.to_string() }));
     if rng.chance(0.7) {
         u.insert("given_name".into(), json!(first));
         u.insert("family_name".into(), json!(last));
@@ -440,22 +375,11 @@ fn build_user(seed: u64, idx: u64, connections: &[Connection]) -> Value {
         u.insert("user_metadata".into(), user_metadata(&mut rng));
     }
     if rng.chance(0.1) {
-        let mf = if rng.chance(0.5) {
-            "guardian"
-        } else {
-            "google-authenticator"
-        };
+        let mf = if rng.chance(0.5) { "guardian" } else { "google-authenticator" };
         u.insert("multifactor".into(), json!([mf]));
-        u.insert(
-            "multifactor_last_modified".into(),
-            json!(iso_ms(created + rng.below(YEAR_MS / 2) as i64)),
-        );
+        u.insert("multifactor_last_modified".into(), json!(iso_ms(created + rng.below(YEAR_MS / 2) as i64)));
     }
-    let logins = if rng.chance(0.1) {
-        0
-    } else {
-        1 + rng.below(500)
-    };
+    let logins = if rng.chance(0.1) { 0 } else { 1 + rng.below(500) };
     if logins > 0 {
         let ip = if rng.chance(0.8) {
             format!("203.0.113.{}", rng.below(255))
@@ -463,18 +387,10 @@ fn build_user(seed: u64, idx: u64, connections: &[Connection]) -> Value {
             format!("2001:db8::{:x}", rng.below(65535))
         };
         u.insert("last_ip".into(), json!(ip));
-        u.insert(
-            "last_login".into(),
-            json!(iso_ms(
-                created + rng.below((updated - created) as u64 + 1) as i64
-            )),
-        );
+        u.insert("last_login".into(), json!(iso_ms(created + rng.below((updated - created) as u64 + 1) as i64)));
     }
     if base.conn == 0 && rng.chance(0.15) {
-        u.insert(
-            "last_password_reset".into(),
-            json!(iso_ms(created + rng.below(YEAR_MS) as i64)),
-        );
+        u.insert("last_password_reset".into(), json!(iso_ms(created + rng.below(YEAR_MS) as i64)));
     }
     u.insert("logins_count".into(), json!(logins));
     match rng.below(20) {
@@ -494,16 +410,8 @@ fn build_user(seed: u64, idx: u64, connections: &[Connection]) -> Value {
 }
 
 fn identities(rng: &mut Rng, base: &UserBase, conn: &Connection, idx: u64) -> Value {
-    let raw_id = base
-        .user_id
-        .split_once('|')
-        .map(|x| x.1)
-        .unwrap_or_default();
-    let raw_id = if base.conn == 2 {
-        raw_id.trim_start_matches("corp|")
-    } else {
-        raw_id
-    };
+    let raw_id = base.user_id.split_once('|').map(|x| x.1).unwrap_or_default();
+    let raw_id = if base.conn == 2 { raw_id.trim_start_matches("corp|") } else { raw_id };
     let mut list = vec![json!({
         "connection": conn.name,
         "user_id": raw_id,
@@ -530,16 +438,10 @@ fn identities(rng: &mut Rng, base: &UserBase, conn: &Connection, idx: u64) -> Va
 fn app_metadata(rng: &mut Rng, idx: u64) -> Value {
     let mut m = Map::new();
     if rng.chance(0.7) {
-        m.insert(
-            "plan".into(),
-            json!(*rng.pick(&["free", "pro", "enterprise, annual"])),
-        );
+        m.insert("plan".into(), json!(*rng.pick(&["free", "pro", "enterprise, annual"])));
     }
     if rng.chance(0.5) {
-        m.insert(
-            "tenant_ids".into(),
-            json!([idx % 7, idx % 11, rng.below(1000)]),
-        );
+        m.insert("tenant_ids".into(), json!([idx % 7, idx % 11, rng.below(1000)]));
     }
     if rng.chance(0.5) {
         m.insert(
@@ -582,24 +484,13 @@ fn user_metadata(rng: &mut Rng) -> Value {
         m.insert("score".into(), json!(rng.below(1000) as f64 / 8.0));
     }
     if rng.chance(0.2) {
-        m.insert(
-            "consent".into(),
-            json!({"given": true, "at": iso_ms(EPOCH_2016_MS)}),
-        );
+        m.insert("consent".into(), json!({"given": true, "at": iso_ms(EPOCH_2016_MS)}));
     }
     Value::Object(m)
 }
 
-const MFA_TYPES: [&str; 8] = [
-    "totp",
-    "phone",
-    "email",
-    "webauthn-platform",
-    "webauthn-roaming",
-    "push",
-    "recovery-code",
-    "passkey",
-];
+const MFA_TYPES: [&str; 8] =
+    ["totp", "phone", "email", "webauthn-platform", "webauthn-roaming", "push", "recovery-code", "passkey"];
 
 fn build_methods(tenant: &Tenant, idx: u64, base: &UserBase) -> Vec<Value> {
     let mut rng = Rng::stream(tenant.seed, idx, SALT_MFA);
@@ -647,15 +538,9 @@ fn method(rng: &mut Rng, ty: &str, confirmed: bool, t: i64, tenant: &str) -> Val
         "phone" => {
             let last4 = rng.below(10_000);
             m.insert("name".into(), json!(format!("+1 (555) ***-{last4:04}")));
-            m.insert(
-                "phone_number".into(),
-                json!(format!("XXXXXXXXXX{last4:04}")),
-            );
+            m.insert("phone_number".into(), json!(format!("XXXXXXXXXX{last4:04}")));
             let voice = rng.chance(0.3);
-            m.insert(
-                "preferred_authentication_method".into(),
-                json!(if voice { "voice" } else { "sms" }),
-            );
+            m.insert("preferred_authentication_method".into(), json!(if voice { "voice" } else { "sms" }));
             let mut subs = vec![json!({"id": format!("sms|{dev}"), "type": "sms"})];
             if voice {
                 subs.push(json!({"id": format!("voice|{dev}"), "type": "voice"}));
@@ -667,27 +552,14 @@ fn method(rng: &mut Rng, ty: &str, confirmed: bool, t: i64, tenant: &str) -> Val
             m.insert("email".into(), json!("****@exam*******"));
         }
         "webauthn-platform" | "webauthn-roaming" => {
-            let name = if ty == "webauthn-platform" {
-                "MacBook Touch ID 🍎"
-            } else {
-                "YubiKey 5C NFC"
-            };
+            let name = if ty == "webauthn-platform" { "MacBook Touch ID 🍎" } else { "YubiKey 5C NFC" };
             m.insert("name".into(), json!(name));
             m.insert("key_id".into(), json!(rng.alnum(43)));
-            m.insert(
-                "public_key".into(),
-                json!(format!("pQECAyYgASFYI{}", rng.alnum(40))),
-            );
-            m.insert(
-                "relying_party_identifier".into(),
-                json!(format!("{tenant}.auth0.com")),
-            );
+            m.insert("public_key".into(), json!(format!("pQECAyYgASFYI{}", rng.alnum(40))));
+            m.insert("relying_party_identifier".into(), json!(format!("{tenant}.auth0.com")));
         }
         "push" => {
-            m.insert(
-                "name".into(),
-                json!(*rng.pick(&["iPhone de José", "Pixel 8", "Nexus 5X"])),
-            );
+            m.insert("name".into(), json!(*rng.pick(&["iPhone de José", "Pixel 8", "Nexus 5X"])));
             m.insert("preferred_authentication_method".into(), json!("push"));
             m.insert(
                 "authentication_methods".into(),
@@ -698,15 +570,9 @@ fn method(rng: &mut Rng, ty: &str, confirmed: bool, t: i64, tenant: &str) -> Val
             m.insert("name".into(), json!("iCloud Keychain"));
             m.insert("credential_device_type".into(), json!("multi_device"));
             m.insert("credential_backed_up".into(), json!(true));
-            m.insert(
-                "user_agent".into(),
-                json!("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0)"),
-            );
+            m.insert("user_agent".into(), json!("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0)"));
             m.insert("transports".into(), json!(["internal", "hybrid"]));
-            m.insert(
-                "aaguid".into(),
-                json!("fbfc3007-154e-4ecc-8c0b-6e020557d7bd"),
-            );
+            m.insert("aaguid".into(), json!("fbfc3007-154e-4ecc-8c0b-6e020557d7bd"));
         }
         _ => {}
     }
@@ -714,10 +580,7 @@ fn method(rng: &mut Rng, ty: &str, confirmed: bool, t: i64, tenant: &str) -> Val
     if confirmed {
         m.insert("enrolled_at".into(), json!(iso_ms(t + 20_000)));
         if rng.chance(0.7) {
-            m.insert(
-                "last_auth_at".into(),
-                json!(iso_ms(t + 20_000 + rng.below(YEAR_MS) as i64)),
-            );
+            m.insert("last_auth_at".into(), json!(iso_ms(t + 20_000 + rng.below(YEAR_MS) as i64)));
         }
     }
     Value::Object(m)
@@ -725,41 +588,26 @@ fn method(rng: &mut Rng, ty: &str, confirmed: bool, t: i64, tenant: &str) -> Val
 
 /// GET /users/{id}/authenticators: the MFA factors (no password) with core fields only.
 pub fn authenticators(methods: &[Value]) -> Vec<Value> {
-    const KEEP: [&str; 8] = [
-        "id",
-        "type",
-        "confirmed",
-        "name",
-        "created_at",
-        "enrolled_at",
-        "last_auth_at",
-        "link_id",
-    ];
+    const KEEP: [&str; 8] = ["id", "type", "confirmed", "name", "created_at", "enrolled_at", "last_auth_at", "link_id"];
     methods
         .iter()
         .filter(|m| m["type"] != "password")
         .map(|m| {
             let obj = m.as_object().cloned().unwrap_or_default();
-            Value::Object(
-                obj.into_iter()
-                    .filter(|(k, _)| KEEP.contains(&k.as_str()))
-                    .collect(),
-            )
+            Value::Object(obj.into_iter().filter(|(k, _)| KEEP.contains(&k.as_str())).collect())
         })
         .collect()
 }
 
 /// GET /users/{id}/enrollments: only the first confirmed Guardian enrollment.
 pub fn enrollments(methods: &[Value]) -> Vec<Value> {
-    let Some(m) = methods.iter().find(|m| {
-        m["confirmed"] == true && matches!(m["type"].as_str(), Some("push" | "phone" | "totp"))
-    }) else {
+    let Some(m) = methods
+        .iter()
+        .find(|m| m["confirmed"] == true && matches!(m["type"].as_str(), Some("push" | "phone" | "totp")))
+    else {
         return Vec::new();
     };
-    let id = m["id"]
-        .as_str()
-        .and_then(|s| s.split_once('|'))
-        .map(|x| x.1);
+    let id = m["id"].as_str().and_then(|s| s.split_once('|')).map(|x| x.1);
     let enrolled = m.get("enrolled_at").cloned().unwrap_or(Value::Null);
     // Guardian leaves unset dates as "" rather than omitting them.
     let last = m.get("last_auth_at").cloned().unwrap_or_else(|| json!(""));
@@ -767,29 +615,12 @@ pub fn enrollments(methods: &[Value]) -> Vec<Value> {
         Some("push") => (
             "pn",
             m["name"].clone(),
-            json!(format!(
-                "{:016x}",
-                id.unwrap_or_default()
-                    .bytes()
-                    .fold(0xfeed, |h, b| mix(h ^ b as u64))
-            )),
+            json!(format!("{:016x}", id.unwrap_or_default().bytes().fold(0xfeed, |h, b| mix(h ^ b as u64)))),
             Value::Null,
             json!("guardian"),
         ),
-        Some("phone") => (
-            "sms",
-            m["name"].clone(),
-            json!(""),
-            m["phone_number"].clone(),
-            json!("sms"),
-        ),
-        _ => (
-            "totp",
-            json!(""),
-            Value::Null,
-            Value::Null,
-            json!("authenticator"),
-        ),
+        Some("phone") => ("sms", m["name"].clone(), json!(""), m["phone_number"].clone(), json!("sms")),
+        _ => ("totp", json!(""), Value::Null, Value::Null, json!("authenticator")),
     };
     vec![json!({
         "id": id,

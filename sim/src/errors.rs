@@ -30,19 +30,11 @@ pub fn unauthorized(message: &str) -> Response {
 }
 
 pub fn too_many_requests() -> Response {
-    mgmt(
-        StatusCode::TOO_MANY_REQUESTS,
-        "Global limit has been reached",
-        Some("too_many_requests"),
-    )
+    mgmt(StatusCode::TOO_MANY_REQUESTS, "Global limit has been reached", Some("too_many_requests"))
 }
 
 pub fn user_not_found() -> Response {
-    mgmt(
-        StatusCode::NOT_FOUND,
-        "The user does not exist.",
-        Some("inexistent_user"),
-    )
+    mgmt(StatusCode::NOT_FOUND, "The user does not exist.", Some("inexistent_user"))
 }
 
 pub fn role_not_found() -> Response {
@@ -50,28 +42,16 @@ pub fn role_not_found() -> Response {
 }
 
 pub fn invalid_body(detail: &str) -> Response {
-    mgmt(
-        StatusCode::BAD_REQUEST,
-        &format!("Payload validation error: {detail}"),
-        Some("invalid_body"),
-    )
+    mgmt(StatusCode::BAD_REQUEST, &format!("Payload validation error: {detail}"), Some("invalid_body"))
 }
 
 pub fn invalid_query(detail: &str) -> Response {
-    mgmt(
-        StatusCode::BAD_REQUEST,
-        &format!("Query validation error: {detail}"),
-        Some("invalid_query_string"),
-    )
+    mgmt(StatusCode::BAD_REQUEST, &format!("Query validation error: {detail}"), Some("invalid_query_string"))
 }
 
 /// OAuth2 token endpoint shape `{"error","error_description"}`.
 pub fn oauth(status: StatusCode, error: &str, description: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": error, "error_description": description})),
-    )
-        .into_response()
+    (status, Json(json!({"error": error, "error_description": description}))).into_response()
 }
 
 /// CloudFront/S3-style XML error for the download host.

@@ -102,13 +102,7 @@ pub fn lookup<'a>(v: &'a Value, path: &[Seg]) -> Option<&'a Value> {
 }
 
 pub fn default_fields() -> Vec<FieldSpec> {
-    DEFAULT_FIELDS
-        .iter()
-        .map(|n| FieldSpec {
-            title: n.to_string(),
-            path: parse_path(n),
-        })
-        .collect()
+    DEFAULT_FIELDS.iter().map(|n| FieldSpec { title: n.to_string(), path: parse_path(n) }).collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -177,10 +171,7 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn wrong_type(expected: &str, v: &Value, prop: &str) -> String {
-    format!(
-        "'Expected type {expected} but found type {}' on property {prop}.",
-        type_name(v)
-    )
+    format!("'Expected type {expected} but found type {}' on property {prop}.", type_name(v))
 }
 
 fn valid_con_id(s: &str) -> bool {
@@ -194,15 +185,9 @@ fn valid_job_id(s: &str) -> bool {
 /// Schema checks of CreateExportUsersRequestContent (additionalProperties: false).
 fn validate(st: &AppState, body: &Value) -> Result<Job, String> {
     let Some(obj) = body.as_object() else {
-        return Err(format!(
-            "'Expected type object but found type {}'.",
-            type_name(body)
-        ));
+        return Err(format!("'Expected type object but found type {}'.", type_name(body)));
     };
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "connection_id" | "format" | "limit" | "fields"))
-    {
+    if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "connection_id" | "format" | "limit" | "fields")) {
         return Err(format!("'Additional properties not allowed: {k}'."));
     }
     let conn = match obj.get("connection_id") {
@@ -214,11 +199,7 @@ fn validate(st: &AppState, body: &Value) -> Result<Job, String> {
         }
         Some(Value::String(s)) => match st.tenant.connections.iter().position(|c| c.id == *s) {
             Some(i) => Some(i),
-            None => {
-                return Err(format!(
-                    "'Connection does not exist: {s}' on property connection_id."
-                ))
-            }
+            None => return Err(format!("'Connection does not exist: {s}' on property connection_id.")),
         },
         Some(v) => return Err(wrong_type("string", v, "connection_id")),
     };
@@ -227,23 +208,15 @@ fn validate(st: &AppState, body: &Value) -> Result<Job, String> {
         None => Format::Csv,
         Some(Value::String(s)) if s == "json" => Format::Json,
         Some(Value::String(s)) if s == "csv" => Format::Csv,
-        Some(Value::String(s)) => {
-            return Err(format!("'No enum match for: \"{s}\"' on property format."))
-        }
+        Some(Value::String(s)) => return Err(format!("'No enum match for: \"{s}\"' on property format.")),
         Some(v) => return Err(wrong_type("string", v, "format")),
     };
     let limit = match obj.get("limit") {
         None => None,
-        Some(Value::Number(n)) if n.as_i64().is_some() || n.as_u64().is_some() => {
-            match n.as_u64() {
-                Some(l) if l >= 1 => Some(l),
-                _ => {
-                    return Err(format!(
-                        "'Value {n} is less than minimum 1' on property limit."
-                    ))
-                }
-            }
-        }
+        Some(Value::Number(n)) if n.as_i64().is_some() || n.as_u64().is_some() => match n.as_u64() {
+            Some(l) if l >= 1 => Some(l),
+            _ => return Err(format!("'Value {n} is less than minimum 1' on property limit.")),
+        },
         Some(v) => return Err(wrong_type("integer", v, "limit")),
     };
     let (fields, fields_echo) = match obj.get("fields") {
@@ -255,20 +228,11 @@ fn validate(st: &AppState, body: &Value) -> Result<Job, String> {
                 let Some(f) = item.as_object() else {
                     return Err(wrong_type("object", item, &prop));
                 };
-                if let Some(k) = f
-                    .keys()
-                    .find(|k| !matches!(k.as_str(), "name" | "export_as"))
-                {
-                    return Err(format!(
-                        "'Additional properties not allowed: {k}' on property {prop}."
-                    ));
+                if let Some(k) = f.keys().find(|k| !matches!(k.as_str(), "name" | "export_as")) {
+                    return Err(format!("'Additional properties not allowed: {k}' on property {prop}."));
                 }
                 let name = match f.get("name") {
-                    None => {
-                        return Err(format!(
-                            "'Missing required property: name' on property {prop}."
-                        ))
-                    }
+                    None => return Err(format!("'Missing required property: name' on property {prop}.")),
                     Some(Value::String(s)) => s,
                     Some(v) => return Err(wrong_type("string", v, &format!("{prop}.name"))),
                 };
@@ -287,10 +251,7 @@ fn validate(st: &AppState, body: &Value) -> Result<Job, String> {
                         }
                     }
                 }
-                specs.push(FieldSpec {
-                    title: export_as.unwrap_or(name).clone(),
-                    path: parse_path(name),
-                });
+                specs.push(FieldSpec { title: export_as.unwrap_or(name).clone(), path: parse_path(name) });
             }
             if format == Format::Csv && specs.len() > CSV_MAX_FIELDS {
                 return Err(format!(
@@ -307,24 +268,18 @@ fn validate(st: &AppState, body: &Value) -> Result<Job, String> {
         }
         Some(v) => return Err(wrong_type("array", v, "fields")),
     };
-    let fields_echo =
-        fields_echo.unwrap_or_else(|| json!(DEFAULT_FIELDS.map(|n| json!({ "name": n })).to_vec()));
+    let fields_echo = fields_echo.unwrap_or_else(|| json!(DEFAULT_FIELDS.map(|n| json!({ "name": n })).to_vec()));
     let cfg = &st.cfg;
     Ok(Job {
         id: format!("job_{}", st.random_alnum(16)),
         created: Instant::now(),
-        created_at: chrono::Utc::now()
-            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .to_string(),
+        created_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
         format,
         conn,
         limit,
         fields_echo,
         fields: fields.unwrap_or_else(default_fields),
-        duration: cfg.job_base
-            + cfg
-                .job_per_user
-                .saturating_mul(cfg.users.min(u32::MAX as u64) as u32),
+        duration: cfg.job_base + cfg.job_per_user.saturating_mul(cfg.users.min(u32::MAX as u64) as u32),
     })
 }
 
@@ -343,24 +298,12 @@ pub async fn create(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     (StatusCode::OK, Json(Value::Object(out))).into_response()
 }
 
-pub async fn get_job(
-    State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+pub async fn get_job(State(st): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     if !valid_job_id(&id) {
-        return errors::mgmt(
-            StatusCode::BAD_REQUEST,
-            "Invalid request URI",
-            Some("invalid_uri"),
-        );
+        return errors::mgmt(StatusCode::BAD_REQUEST, "Invalid request URI", Some("invalid_uri"));
     }
     let Some(job) = lock(&st.jobs).get(&id).cloned() else {
-        return errors::mgmt(
-            StatusCode::NOT_FOUND,
-            "The job does not exist.",
-            Some("inexistent_job"),
-        );
+        return errors::mgmt(StatusCode::NOT_FOUND, "The job does not exist.", Some("inexistent_job"));
     };
     let mut out = job.describe(&st);
     let elapsed = job.created.elapsed();
@@ -390,19 +333,11 @@ pub async fn get_job(
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 fn key_pair_id(st: &AppState) -> String {
-    format!(
-        "APKA{}",
-        data::Rng::stream(st.cfg.seed, 0, 5)
-            .alnum(16)
-            .to_uppercase()
-    )
+    format!("APKA{}", data::Rng::stream(st.cfg.seed, 0, 5).alnum(16).to_uppercase())
 }
 
 /// A keyed hash of path + Expires, CloudFront-flavoured base64 (`+=/` -> `-_~`).
@@ -415,20 +350,12 @@ fn signature(key: u64, path: &str, expires: u64) -> String {
         }
         out.extend_from_slice(&h.to_le_bytes());
     }
-    STANDARD
-        .encode(out)
-        .replace('+', "-")
-        .replace('=', "_")
-        .replace('/', "~")
+    STANDARD.encode(out).replace('+', "-").replace('=', "_").replace('/', "~")
 }
 
 /// A fresh signed URL valid for `link_ttl`.
 fn sign_location(st: &AppState, base: &str, job: &Job) -> String {
-    let path = format!(
-        "/user-exports/{}/{}",
-        job.id,
-        job.file_name(&st.tenant.tenant)
-    );
+    let path = format!("/user-exports/{}/{}", job.id, job.file_name(&st.tenant.tenant));
     let expires = (now_ms() + st.cfg.link_ttl.as_millis() as u64).div_ceil(1000);
     format!(
         "{base}{path}?Expires={expires}&Key-Pair-Id={}&Signature={}",
@@ -463,20 +390,11 @@ pub async fn download(
         }
         cut
     };
-    let (Some(expires), Some(_), Some(sig)) =
-        (q.get("Expires"), q.get("Key-Pair-Id"), q.get("Signature"))
-    else {
-        return errors::xml(
-            StatusCode::FORBIDDEN,
-            "MissingKey",
-            "Missing Key-Pair-Id query parameter or cookie value",
-        );
+    let (Some(expires), Some(_), Some(sig)) = (q.get("Expires"), q.get("Key-Pair-Id"), q.get("Signature")) else {
+        return errors::xml(StatusCode::FORBIDDEN, "MissingKey", "Missing Key-Pair-Id query parameter or cookie value");
     };
     let path = format!("/user-exports/{job_id}/{file}");
-    let expires_ok = expires
-        .parse::<u64>()
-        .ok()
-        .filter(|e| *sig == signature(st.sign_key, &path, *e));
+    let expires_ok = expires.parse::<u64>().ok().filter(|e| *sig == signature(st.sign_key, &path, *e));
     let Some(expires) = expires_ok else {
         return errors::xml(StatusCode::FORBIDDEN, "AccessDenied", "Access denied");
     };
@@ -485,11 +403,7 @@ pub async fn download(
     }
     let job = lock(&st.jobs).get(&job_id).cloned();
     let Some(job) = job.filter(|j| j.file_name(&st.tenant.tenant) == file) else {
-        return errors::xml(
-            StatusCode::NOT_FOUND,
-            "NoSuchKey",
-            "The specified key does not exist.",
-        );
+        return errors::xml(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.");
     };
     let export = Export::new(st.clone(), &job, cut);
     let stream = futures_util::stream::unfold(export, |mut e| async move {
@@ -500,11 +414,7 @@ pub async fn download(
         let item = e.step()?;
         Some((item, e))
     });
-    (
-        [(header::CONTENT_TYPE, "application/gzip")],
-        Body::from_stream(stream),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/gzip")], Body::from_stream(stream)).into_response()
 }
 
 /// Users handed to the encoder per stream chunk; keeps memory flat and chunks small.
@@ -611,11 +521,7 @@ impl Export {
         while n < USERS_PER_CHUNK && self.next < total && self.emitted < self.limit {
             let idx = self.next as u32;
             self.next += 1;
-            if self
-                .conn
-                .is_some_and(|c| self.st.tenant.conn[idx as usize] != c)
-                || self.deleted.contains(&idx)
-            {
+            if self.conn.is_some_and(|c| self.st.tenant.conn[idx as usize] != c) || self.deleted.contains(&idx) {
                 continue;
             }
             let user = self.st.tenant.user(idx);
@@ -673,9 +579,7 @@ fn is_iso_date(s: &str) -> bool {
         && b[10] == b'T'
         && b[19] == b'.'
         && b[23] == b'Z'
-        && [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22]
-            .iter()
-            .all(|i| b[*i].is_ascii_digit())
+        && [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22].iter().all(|i| b[*i].is_ascii_digit())
 }
 
 /// One CSV row: strings become `"'text"` with `"` doubled (OWASP CSV-injection escaping).
@@ -715,10 +619,7 @@ mod tests {
     #[test]
     fn paths() {
         let u = json!({"identities": [{"connection": "c"}], "a": {"b": 1}});
-        assert_eq!(
-            lookup(&u, &parse_path("identities[0].connection")),
-            Some(&json!("c"))
-        );
+        assert_eq!(lookup(&u, &parse_path("identities[0].connection")), Some(&json!("c")));
         assert_eq!(lookup(&u, &parse_path("a.b")), Some(&json!(1)));
         assert_eq!(lookup(&u, &parse_path("identities[1].connection")), None);
         assert!(is_iso_date("2023-01-25T17:48:14.784Z"));
@@ -730,16 +631,10 @@ mod tests {
         let u = json!({"s": "a \"q\", b", "d": "2023-01-25T17:48:14.784Z", "n": 3, "t": true});
         let fields: Vec<FieldSpec> = ["s", "d", "n", "t", "missing"]
             .iter()
-            .map(|n| FieldSpec {
-                title: n.to_string(),
-                path: parse_path(n),
-            })
+            .map(|n| FieldSpec { title: n.to_string(), path: parse_path(n) })
             .collect();
         let mut out = Vec::new();
         csv_line(&mut out, &u, &fields);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "\"'a \"\"q\"\", b\",2023-01-25T17:48:14.784Z,3,true,\n"
-        );
+        assert_eq!(String::from_utf8(out).unwrap(), "\"'a \"\"q\"\", b\",2023-01-25T17:48:14.784Z,3,true,\n");
     }
 }

@@ -58,17 +58,11 @@ impl AppState {
     }
 
     fn is_deleted(&self, idx: u32) -> bool {
-        self.deleted
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&idx)
+        self.deleted.read().unwrap_or_else(|e| e.into_inner()).contains(&idx)
     }
 
     fn deleted_snapshot(&self) -> HashSet<u32> {
-        self.deleted
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.deleted.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn random_alnum(&self, n: usize) -> String {
@@ -92,11 +86,7 @@ impl Sim {
     pub async fn start(config: Config, addr: SocketAddr) -> std::io::Result<Sim> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            addr.ip().to_string()
-        };
+        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
         let base_url = format!("http://{host}:{}", addr.port());
         let cfg = config.clone();
         let tenant = tokio::task::spawn_blocking(move || {
@@ -104,10 +94,8 @@ impl Sim {
         })
         .await
         .map_err(std::io::Error::other)?;
-        let entropy = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
+        let entropy =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
         let state = Arc::new(AppState {
             bucket: Mutex::new(ratelimit::Bucket::new(config.burst, config.rate)),
             faults: Mutex::new(config.faults.clone()),
@@ -131,11 +119,7 @@ impl Sim {
                 tracing::error!("auth0-sim server error: {e}");
             }
         });
-        Ok(Sim {
-            state,
-            addr,
-            shutdown: Some(tx),
-        })
+        Ok(Sim { state, addr, shutdown: Some(tx) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -168,12 +152,7 @@ impl Sim {
 
     /// `(con_ id, name)` of every connection.
     pub fn connections(&self) -> Vec<(String, String)> {
-        self.state
-            .tenant
-            .connections
-            .iter()
-            .map(|c| (c.id.clone(), c.name.to_string()))
-            .collect()
+        self.state.tenant.connections.iter().map(|c| (c.id.clone(), c.name.to_string())).collect()
     }
 
     /// Every issued access token becomes invalid.
@@ -200,14 +179,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/v2/roles/{id}/users", get(roles::users))
         .route("/api/v2/users/{id}", get(users::get_user))
         .route("/api/v2/users/{id}/roles", get(users::roles))
-        .route(
-            "/api/v2/users/{id}/authentication-methods",
-            get(users::authentication_methods),
-        )
-        .route(
-            "/api/v2/users/{id}/authenticators",
-            get(users::authenticators),
-        )
+        .route("/api/v2/users/{id}/authentication-methods", get(users::authentication_methods))
+        .route("/api/v2/users/{id}/authenticators", get(users::authenticators))
         .route("/api/v2/users/{id}/enrollments", get(users::enrollments))
         .merge(testing::routes())
         .fallback(api::fallback)

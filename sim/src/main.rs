@@ -7,10 +7,7 @@ use auth0_sim::{Config, Faults, Sim};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "auth0-sim",
-    about = "Simulator of the Auth0 Management API parts auth0-exporter uses"
-)]
+#[command(name = "auth0-sim", about = "Simulator of the Auth0 Management API parts auth0-exporter uses")]
 struct Args {
     #[arg(long, env = "SIM_HOST", default_value = "127.0.0.1")]
     host: String,
@@ -78,9 +75,7 @@ fn parse_latency(s: &str) -> Result<(u64, u64), String> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let a = Args::parse();
     let (latency_min_ms, latency_max_ms) = a.latency_ms.unwrap_or((0, 0));

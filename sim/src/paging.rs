@@ -25,11 +25,7 @@ impl Paging {
         let per_page = int_param(q, "per_page", min_per_page, 100, PER_PAGE_DESC)?.unwrap_or(50);
         let page = int_param(q, "page", 0, i64::MAX, PAGE_DESC)?.unwrap_or(0);
         let include_totals = bool_param(q, "include_totals", TOTALS_DESC)?.unwrap_or(false);
-        Ok(Paging {
-            page,
-            per_page,
-            include_totals,
-        })
+        Ok(Paging { page, per_page, include_totals })
     }
 
     pub fn start(&self) -> u64 {
@@ -39,29 +35,17 @@ impl Paging {
     /// The slice of `items` this page covers.
     pub fn slice<'a, T>(&self, items: &'a [T]) -> &'a [T] {
         let start = (self.start() as usize).min(items.len());
-        let end = start
-            .saturating_add(self.per_page as usize)
-            .min(items.len());
+        let end = start.saturating_add(self.per_page as usize).min(items.len());
         &items[start..end]
     }
 }
 
-pub fn int_param(
-    q: &Query,
-    name: &str,
-    min: i64,
-    max: i64,
-    desc: &str,
-) -> Result<Option<u64>, Response> {
+pub fn int_param(q: &Query, name: &str, min: i64, max: i64, desc: &str) -> Result<Option<u64>, Response> {
     let Some(raw) = q.get(name) else {
         return Ok(None);
     };
-    let fail =
-        |what: String| errors::invalid_query(&format!("'{what}' on property {name} ({desc})."));
-    let v: i64 = raw
-        .trim()
-        .parse()
-        .map_err(|_| fail("Expected type integer but found type string".into()))?;
+    let fail = |what: String| errors::invalid_query(&format!("'{what}' on property {name} ({desc})."));
+    let v: i64 = raw.trim().parse().map_err(|_| fail("Expected type integer but found type string".into()))?;
     if v < min {
         return Err(fail(format!("Value {v} is less than minimum {min}")));
     }

@@ -24,12 +24,7 @@ pub struct Decision {
 impl Bucket {
     pub fn new(burst: u32, rate: f64) -> Bucket {
         let capacity = burst.max(1) as f64;
-        Bucket {
-            capacity,
-            rate: rate.max(0.001),
-            tokens: capacity,
-            last: Instant::now(),
-        }
+        Bucket { capacity, rate: rate.max(0.001), tokens: capacity, last: Instant::now() }
     }
 
     pub fn take(&mut self) -> Decision {
@@ -44,15 +39,9 @@ impl Bucket {
         if allowed {
             self.tokens -= 1.0;
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as f64;
-        let until_next = if self.tokens >= self.capacity {
-            0.0
-        } else {
-            (1.0 - self.tokens.fract()) / self.rate * 1000.0
-        };
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as f64;
+        let until_next =
+            if self.tokens >= self.capacity { 0.0 } else { (1.0 - self.tokens.fract()) / self.rate * 1000.0 };
         Decision {
             allowed,
             limit: self.capacity as u32,

@@ -25,18 +25,13 @@ pub async fn list(State(st): State<Arc<AppState>>, Query(q): Query<paging::Query
     let roles: Vec<_> = match q.get("name_filter") {
         Some(f) => {
             let f = f.to_lowercase();
-            st.tenant
-                .roles
-                .iter()
-                .filter(|r| r.name.to_lowercase().contains(&f))
-                .collect()
+            st.tenant.roles.iter().filter(|r| r.name.to_lowercase().contains(&f)).collect()
         }
         None => st.tenant.roles.iter().collect(),
     };
     let page = p.slice(&roles);
     if p.include_totals {
-        Json(json!({"start": p.start(), "limit": p.per_page, "total": roles.len(), "roles": page}))
-            .into_response()
+        Json(json!({"start": p.start(), "limit": p.per_page, "total": roles.len(), "roles": page})).into_response()
     } else {
         Json(page).into_response()
     }
@@ -51,11 +46,8 @@ pub async fn users(
         return errors::role_not_found();
     };
     let deleted = st.deleted_snapshot();
-    let members: Vec<(i64, u32)> = st.tenant.members[role]
-        .iter()
-        .copied()
-        .filter(|(_, idx)| !deleted.contains(idx))
-        .collect();
+    let members: Vec<(i64, u32)> =
+        st.tenant.members[role].iter().copied().filter(|(_, idx)| !deleted.contains(idx)).collect();
     // `take` (or `from`) selects checkpoint paging, whatever else is sent.
     if q.contains_key("take") || q.contains_key("from") {
         return checkpoint(&st, &members, &q);
@@ -74,38 +66,25 @@ pub async fn users(
             None,
         );
     }
-    let page: Vec<Value> = p
-        .slice(&members)
-        .iter()
-        .map(|(_, idx)| role_user(&st, *idx))
-        .collect();
+    let page: Vec<Value> = p.slice(&members).iter().map(|(_, idx)| role_user(&st, *idx)).collect();
     if p.include_totals {
-        Json(
-            json!({"start": p.start(), "limit": p.per_page, "total": members.len(), "users": page}),
-        )
-        .into_response()
+        Json(json!({"start": p.start(), "limit": p.per_page, "total": members.len(), "users": page})).into_response()
     } else {
         Json(page).into_response()
     }
 }
 
 fn checkpoint(st: &AppState, members: &[(i64, u32)], q: &paging::Query) -> Response {
-    let take = match paging::int_param(
-        q,
-        "take",
-        1,
-        100,
-        "Number of results per page. Defaults to 50",
-    ) {
+    let take = match paging::int_param(q, "take", 1, 100, "Number of results per page. Defaults to 50") {
         Ok(t) => t.unwrap_or(50) as usize,
         Err(r) => return r,
     };
     let start = match q.get("from").filter(|f| !f.is_empty()) {
         None => 0,
         Some(from) => match decode_cursor(from) {
-            Some((t, uid)) => members.partition_point(|(mt, idx)| {
-                (*mt, &*st.tenant.ids[*idx as usize]) <= (t, uid.as_str())
-            }),
+            Some((t, uid)) => {
+                members.partition_point(|(mt, idx)| (*mt, &*st.tenant.ids[*idx as usize]) <= (t, uid.as_str()))
+            }
             None => {
                 return errors::invalid_query(
                     "'Invalid checkpoint' on property from (Optional Id from which to start selection.)",
@@ -114,10 +93,7 @@ fn checkpoint(st: &AppState, members: &[(i64, u32)], q: &paging::Query) -> Respo
         },
     };
     let end = (start + take).min(members.len());
-    let users: Vec<Value> = members[start..end]
-        .iter()
-        .map(|(_, idx)| role_user(st, *idx))
-        .collect();
+    let users: Vec<Value> = members[start..end].iter().map(|(_, idx)| role_user(st, *idx)).collect();
     let mut body = json!({ "users": users });
     if end < members.len() && end > start {
         let (t, idx) = members[end - 1];
@@ -142,10 +118,7 @@ fn role_user(st: &AppState, idx: u32) -> Value {
 /// base64 of `<assignment time>,<user_id>`, like Auth0's cursors.
 fn encode_cursor(ms: i64, user_id: &str) -> String {
     let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
-    STANDARD.encode(format!(
-        "{},{user_id}",
-        t.format("%Y-%m-%d %H:%M:%S%.6fUTC")
-    ))
+    STANDARD.encode(format!("{},{user_id}", t.format("%Y-%m-%d %H:%M:%S%.6fUTC")))
 }
 
 fn decode_cursor(s: &str) -> Option<(i64, String)> {
@@ -163,10 +136,7 @@ mod tests {
     #[test]
     fn cursor_roundtrip() {
         let c = encode_cursor(1_678_801_288_961, "auth0|x,y");
-        assert_eq!(
-            decode_cursor(&c),
-            Some((1_678_801_288_961, "auth0|x,y".into()))
-        );
+        assert_eq!(decode_cursor(&c), Some((1_678_801_288_961, "auth0|x,y".into())));
         assert_eq!(decode_cursor("nope!"), None);
     }
 }

@@ -45,11 +45,7 @@ impl Counters {
 
     pub fn record_served(&mut self) {
         let now = Instant::now();
-        while self
-            .window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
-        {
+        while self.window.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
             self.window.pop_front();
         }
         self.window.push_back(now);
@@ -92,12 +88,8 @@ async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Resp
 }
 
 async fn connections(State(st): State<Arc<AppState>>) -> Json<Value> {
-    let list: Vec<Value> = st
-        .tenant
-        .connections
-        .iter()
-        .map(|c| json!({"id": c.id, "name": c.name, "strategy": c.strategy}))
-        .collect();
+    let list: Vec<Value> =
+        st.tenant.connections.iter().map(|c| json!({"id": c.id, "name": c.name, "strategy": c.strategy})).collect();
     Json(Value::Array(list))
 }
 
@@ -134,20 +126,12 @@ async fn truth_ndjson(State(st): State<Arc<AppState>>) -> Response {
             Some((Ok::<_, std::io::Error>(buf), end))
         }
     });
-    (
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(stream),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
 }
 
 pub fn delete_user(st: &AppState, user_id: &str) -> bool {
     match st.tenant.index_of(user_id) {
-        Some(idx) => st
-            .deleted
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(idx),
+        Some(idx) => st.deleted.write().unwrap_or_else(|e| e.into_inner()).insert(idx),
         None => false,
     }
 }
@@ -163,20 +147,12 @@ pub fn truth_of(st: &AppState, idx: u32) -> Value {
     }
     m.insert("roles".into(), json!(st.tenant.user_roles(idx)));
     let methods = st.tenant.auth_methods(idx);
-    m.insert(
-        "authenticators".into(),
-        json!(data::authenticators(&methods)),
-    );
+    m.insert("authenticators".into(), json!(data::authenticators(&methods)));
     m.insert("enrollments".into(), json!(data::enrollments(&methods)));
     m.insert("authentication_methods".into(), Value::Array(methods));
     Value::Object(m)
 }
 
 pub fn truth_all(st: &AppState) -> Vec<Value> {
-    st.tenant
-        .sorted
-        .iter()
-        .filter(|idx| !st.is_deleted(**idx))
-        .map(|idx| truth_of(st, *idx))
-        .collect()
+    st.tenant.sorted.iter().filter(|idx| !st.is_deleted(**idx)).map(|idx| truth_of(st, *idx)).collect()
 }

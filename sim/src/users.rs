@@ -37,8 +37,7 @@ pub async fn roles(
     let all = st.tenant.user_roles(idx);
     let page = p.slice(&all);
     if p.include_totals {
-        Json(json!({"roles": page, "start": p.start(), "limit": p.per_page, "total": all.len()}))
-            .into_response()
+        Json(json!({"roles": page, "start": p.start(), "limit": p.per_page, "total": all.len()})).into_response()
     } else {
         Json(page).into_response()
     }
@@ -72,20 +71,14 @@ pub async fn authentication_methods(
 
 pub async fn authenticators(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match find(&st, &id) {
-        Ok(idx) => Json(Value::Array(data::authenticators(
-            &st.tenant.auth_methods(idx),
-        )))
-        .into_response(),
+        Ok(idx) => Json(Value::Array(data::authenticators(&st.tenant.auth_methods(idx)))).into_response(),
         Err(r) => r,
     }
 }
 
 pub async fn enrollments(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match find(&st, &id) {
-        Ok(idx) => Json(Value::Array(data::enrollments(
-            &st.tenant.auth_methods(idx),
-        )))
-        .into_response(),
+        Ok(idx) => Json(Value::Array(data::enrollments(&st.tenant.auth_methods(idx)))).into_response(),
         Err(r) => r,
     }
 }

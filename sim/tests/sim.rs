@@ -56,13 +56,7 @@ async fn get(c: &reqwest::Client, tok: &str, url: String) -> (u16, Value) {
 /// Creates a job, waits for completion, returns the gunzipped file.
 async fn export(c: &reqwest::Client, sim: &Sim, tok: &str, body: Value) -> Vec<u8> {
     let base = sim.base_url();
-    let r = c
-        .post(format!("{base}/api/v2/jobs/users-exports"))
-        .bearer_auth(tok)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(format!("{base}/api/v2/jobs/users-exports")).bearer_auth(tok).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let job: Value = r.json().await.unwrap();
     assert_eq!(job["status"], "pending");
@@ -84,18 +78,12 @@ async fn export(c: &reqwest::Client, sim: &Sim, tok: &str, body: Value) -> Vec<u
     assert!(r.headers().get("content-encoding").is_none());
     let gz = r.bytes().await.unwrap();
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..])
-        .read_to_end(&mut out)
-        .unwrap();
+    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut out).unwrap();
     out
 }
 
 fn lines(raw: &[u8]) -> Vec<Value> {
-    String::from_utf8(raw.to_vec())
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    String::from_utf8(raw.to_vec()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[tokio::test]
@@ -104,12 +92,13 @@ async fn token_errors() {
     let c = reqwest::Client::new();
     let url = format!("{}/oauth/token", sim.base_url());
     let post = |body: Value| c.post(&url).json(&body).send();
-    let r = post(json!({"grant_type": "password", "client_id": "sim-client", "client_secret": "sim-secret", "audience": AUD})).await.unwrap();
+    let r = post(
+        json!({"grant_type": "password", "client_id": "sim-client", "client_secret": "sim-secret", "audience": AUD}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"],
-        "unsupported_grant_type"
-    );
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "unsupported_grant_type");
     let r = post(json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "nope", "audience": AUD})).await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(
@@ -121,65 +110,38 @@ async fn token_errors() {
     assert_eq!(r.status(), 403);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "access_denied");
-    assert_eq!(
-        v["error_description"],
-        format!("Service not enabled within domain: {aud}")
-    );
+    assert_eq!(v["error_description"], format!("Service not enabled within domain: {aud}"));
     let r = post(json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "sim-secret", "audience": AUD})).await.unwrap();
     assert_eq!(r.status(), 200);
-    let tok = r.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let tok = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
 
     // Bearer checks: missing, unknown, revoked.
     let roles = format!("{}/api/v2/roles", sim.base_url());
     let r = c.get(&roles).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("x-ratelimit-limit"));
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["message"],
-        "Missing authentication"
-    );
-    assert_eq!(
-        get(&c, "garbage", roles.clone()).await.1["message"],
-        "Invalid token"
-    );
+    assert_eq!(r.json::<Value>().await.unwrap()["message"], "Missing authentication");
+    assert_eq!(get(&c, "garbage", roles.clone()).await.1["message"], "Invalid token");
     assert_eq!(get(&c, &tok, roles.clone()).await.0, 200);
     sim.revoke_tokens();
-    assert_eq!(
-        get(&c, &tok, roles.clone()).await.1["message"],
-        "Invalid token"
-    );
+    assert_eq!(get(&c, &tok, roles.clone()).await.1["message"], "Invalid token");
     assert_eq!(sim.stats().token_requests, 4);
 }
 
 #[tokio::test]
 async fn expired_token() {
-    let sim = start(Config {
-        token_ttl: Duration::from_secs(1),
-        ..fast(10)
-    })
-    .await;
+    let sim = start(Config { token_ttl: Duration::from_secs(1), ..fast(10) }).await;
     let c = reqwest::Client::new();
     let tok = token(&c, &sim.base_url()).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (s, v) = get(&c, &tok, format!("{}/api/v2/roles", sim.base_url())).await;
     assert_eq!(s, 401);
-    assert_eq!(
-        v["message"],
-        "Expired token received for JSON Web Token validation"
-    );
+    assert_eq!(v["message"], "Expired token received for JSON Web Token validation");
 }
 
 #[tokio::test]
 async fn rate_limit_headers_and_429() {
-    let sim = start(Config {
-        rate: 1.0,
-        burst: 3,
-        ..fast(10)
-    })
-    .await;
+    let sim = start(Config { rate: 1.0, burst: 3, ..fast(10) }).await;
     let c = reqwest::Client::new();
     let tok = token(&c, &sim.base_url()).await;
     let url = format!("{}/api/v2/roles", sim.base_url());
@@ -190,16 +152,9 @@ async fn rate_limit_headers_and_429() {
         assert_eq!(h["x-ratelimit-limit"], "3");
         assert!(h.get("retry-after").is_none());
         let reset: u64 = h["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         assert!(reset >= now && reset <= now + 2, "reset {reset} now {now}");
-        let remaining: u64 = h["x-ratelimit-remaining"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let remaining: u64 = h["x-ratelimit-remaining"].to_str().unwrap().parse().unwrap();
         seen.push((r.status().as_u16(), remaining));
         if r.status() == 429 {
             assert_eq!(
@@ -229,20 +184,13 @@ async fn export_default_fields_matches_truth() {
     for (line, t) in got.iter().zip(&truth) {
         let mut t = t.clone();
         let obj = t.as_object_mut().unwrap();
-        for k in [
-            "roles",
-            "authentication_methods",
-            "authenticators",
-            "enrollments",
-        ] {
+        for k in ["roles", "authentication_methods", "authenticators", "enrollments"] {
             obj.remove(k);
         }
         assert_eq!(line, &t);
     }
     assert!(truth.iter().any(|u| u.get("email").is_none()));
-    assert!(truth
-        .iter()
-        .any(|u| u["identities"].as_array().unwrap().len() == 2));
+    assert!(truth.iter().any(|u| u["identities"].as_array().unwrap().len() == 2));
     assert_eq!(sim.stats().downloads, 1);
     assert_eq!(sim.stats().jobs_created, 1);
 }
@@ -260,10 +208,7 @@ async fn download_link_checks_and_faults() {
         .send()
         .await
         .unwrap();
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(350)).await;
     let (_, j) = get(&c, &tok, format!("{base}/api/v2/jobs/{id}")).await;
     assert_eq!(j["status"], "completed");
@@ -278,11 +223,7 @@ async fn download_link_checks_and_faults() {
     };
     assert_eq!(status(loc.clone(), true).await, 400);
     assert_eq!(status(format!("{loc}x"), false).await, 403);
-    sim.set_faults(Faults {
-        expire_downloads: 1,
-        cut_downloads: 1,
-        ..Faults::default()
-    });
+    sim.set_faults(Faults { expire_downloads: 1, cut_downloads: 1, ..Faults::default() });
     assert_eq!(status(loc.clone(), false).await, 403);
     let r = c.get(&loc).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -290,9 +231,7 @@ async fn download_link_checks_and_faults() {
         Err(_) => true,
         Ok(b) => {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&b[..])
-                .read_to_end(&mut out)
-                .is_err()
+            flate2::read::GzDecoder::new(&b[..]).read_to_end(&mut out).is_err()
         }
     };
     assert!(cut, "cut download must not yield a complete gzip");
@@ -302,33 +241,18 @@ async fn download_link_checks_and_faults() {
     let (s, v) = get(&c, &tok, format!("{base}/api/v2/jobs/job_AAAAAAAAAAAAAAAA")).await;
     assert_eq!(s, 404);
     assert_eq!(v["errorCode"], "inexistent_job");
-    assert_eq!(
-        get(&c, &tok, format!("{base}/api/v2/jobs/nope")).await.0,
-        400
-    );
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/jobs/nope")).await.0, 400);
 }
 
 #[tokio::test]
 async fn expired_link() {
-    let sim = start(Config {
-        link_ttl: Duration::ZERO,
-        ..fast(5)
-    })
-    .await;
+    let sim = start(Config { link_ttl: Duration::ZERO, ..fast(5) }).await;
     let c = reqwest::Client::new();
     let base = sim.base_url();
     let tok = token(&c, &base).await;
-    let r = c
-        .post(format!("{base}/api/v2/jobs/users-exports"))
-        .bearer_auth(&tok)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let r =
+        c.post(format!("{base}/api/v2/jobs/users-exports")).bearer_auth(&tok).json(&json!({})).send().await.unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(350)).await;
     let (_, j) = get(&c, &tok, format!("{base}/api/v2/jobs/{id}")).await;
     let loc = j["location"].as_str().unwrap().to_string();
@@ -343,11 +267,7 @@ async fn export_fields_limit_connection_and_validation() {
     let c = reqwest::Client::new();
     let base = sim.base_url();
     let tok = token(&c, &base).await;
-    let (corp_id, _) = sim
-        .connections()
-        .into_iter()
-        .find(|(_, n)| n == "corp")
-        .unwrap();
+    let (corp_id, _) = sim.connections().into_iter().find(|(_, n)| n == "corp").unwrap();
     let raw = export(
         &c,
         &sim,
@@ -384,36 +304,15 @@ async fn export_fields_limit_connection_and_validation() {
 
     for (body, needle) in [
         (json!({"format": "json", "bogus": 1}), "bogus"),
-        (
-            json!({"format": "json", "connection_id": "con_short"}),
-            "connection_id",
-        ),
-        (
-            json!({"format": "json", "connection_id": "con_AAAAAAAAAAAAAAAA"}),
-            "connection_id",
-        ),
+        (json!({"format": "json", "connection_id": "con_short"}), "connection_id"),
+        (json!({"format": "json", "connection_id": "con_AAAAAAAAAAAAAAAA"}), "connection_id"),
         (json!({"format": "xml"}), "format"),
         (json!({"format": "json", "limit": 0}), "limit"),
-        (
-            json!({"format": "json", "fields": [{"export_as": "x"}]}),
-            "name",
-        ),
-        (
-            json!({"format": "json", "fields": [{"name": "a", "x": 1}]}),
-            "fields[0]",
-        ),
-        (
-            json!({"format": "json", "fields": [{"name": "a".repeat(101)}]}),
-            "fields[0].name",
-        ),
+        (json!({"format": "json", "fields": [{"export_as": "x"}]}), "name"),
+        (json!({"format": "json", "fields": [{"name": "a", "x": 1}]}), "fields[0]"),
+        (json!({"format": "json", "fields": [{"name": "a".repeat(101)}]}), "fields[0].name"),
     ] {
-        let r = c
-            .post(format!("{base}/api/v2/jobs/users-exports"))
-            .bearer_auth(&tok)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = c.post(format!("{base}/api/v2/jobs/users-exports")).bearer_auth(&tok).json(&body).send().await.unwrap();
         assert_eq!(r.status(), 400, "{body}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["errorCode"], "invalid_body");
@@ -429,19 +328,9 @@ async fn role_member_paging() {
     let c = reqwest::Client::new();
     let base = sim.base_url();
     let tok = token(&c, &base).await;
-    let (_, roles) = get(
-        &c,
-        &tok,
-        format!("{base}/api/v2/roles?per_page=100&include_totals=true"),
-    )
-    .await;
+    let (_, roles) = get(&c, &tok, format!("{base}/api/v2/roles?per_page=100&include_totals=true")).await;
     assert_eq!(roles["total"], 20);
-    let names: Vec<&str> = roles["roles"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = roles["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"Rédacteur en chef") && names.contains(&"管理者"));
     let (s, v) = get(&c, &tok, format!("{base}/api/v2/roles?per_page=101")).await;
     assert_eq!(s, 400);
@@ -451,12 +340,7 @@ async fn role_member_paging() {
     let mut big = None;
     for r in roles["roles"].as_array().unwrap() {
         let id = r["id"].as_str().unwrap();
-        let (_, v) = get(
-            &c,
-            &tok,
-            format!("{base}/api/v2/roles/{id}/users?include_totals=true&per_page=1"),
-        )
-        .await;
+        let (_, v) = get(&c, &tok, format!("{base}/api/v2/roles/{id}/users?include_totals=true&per_page=1")).await;
         if v["total"].as_u64().unwrap() > 1000 {
             big = Some(id.to_string());
         }
@@ -464,13 +348,7 @@ async fn role_member_paging() {
     let role = big.expect("a role with more than 1000 members");
     let mut expected: Vec<&str> = truth
         .iter()
-        .filter(|u| {
-            u["roles"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r["id"] == role.as_str())
-        })
+        .filter(|u| u["roles"].as_array().unwrap().iter().any(|r| r["id"] == role.as_str()))
         .map(|u| u["user_id"].as_str().unwrap())
         .collect();
     expected.sort();
@@ -478,15 +356,9 @@ async fn role_member_paging() {
     let mut got = Vec::new();
     let mut from: Option<String> = None;
     loop {
-        let mut url =
-            format!("{base}/api/v2/roles/{role}/users?take=100&include_totals=true&per_page=50");
+        let mut url = format!("{base}/api/v2/roles/{role}/users?take=100&include_totals=true&per_page=50");
         if let Some(f) = &from {
-            url.push_str(&format!(
-                "&from={}",
-                f.replace('+', "%2B")
-                    .replace('/', "%2F")
-                    .replace('=', "%3D")
-            ));
+            url.push_str(&format!("&from={}", f.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")));
         }
         let (s, v) = get(&c, &tok, url).await;
         assert_eq!(s, 200);
@@ -505,42 +377,15 @@ async fn role_member_paging() {
     assert_eq!(got.len(), n, "duplicates in checkpoint paging");
     assert_eq!(got, expected);
 
-    let (s, v) = get(
-        &c,
-        &tok,
-        format!("{base}/api/v2/roles/{role}/users?page=10&per_page=100"),
-    )
-    .await;
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/roles/{role}/users?page=10&per_page=100")).await;
     assert_eq!(s, 400);
     assert_eq!(v["message"], "Requesting page 10 exceeds the allowed maximum of 1000 records. To fetch results beyond 1000, use the checkpoint pagination method.");
-    assert_eq!(
-        get(
-            &c,
-            &tok,
-            format!("{base}/api/v2/roles/{role}/users?page=9&per_page=100")
-        )
-        .await
-        .0,
-        200
-    );
-    let (s, v) = get(
-        &c,
-        &tok,
-        format!("{base}/api/v2/roles/{role}/users?take=10&from=%21%21"),
-    )
-    .await;
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/roles/{role}/users?page=9&per_page=100")).await.0, 200);
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/roles/{role}/users?take=10&from=%21%21")).await;
     assert_eq!(s, 400, "{v}");
-    let (s, v) = get(
-        &c,
-        &tok,
-        format!("{base}/api/v2/roles/rol_AAAAAAAAAAAAAAAA/users"),
-    )
-    .await;
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/roles/rol_AAAAAAAAAAAAAAAA/users")).await;
     assert_eq!(s, 404);
-    assert_eq!(
-        v,
-        json!({"statusCode": 404, "error": "Not Found", "message": "The role does not exist."})
-    );
+    assert_eq!(v, json!({"statusCode": 404, "error": "Not Found", "message": "The role does not exist."}));
 }
 
 #[tokio::test]
@@ -558,90 +403,38 @@ async fn user_endpoints_match_truth() {
         json!({"statusCode": 404, "error": "Not Found", "message": "The user does not exist.", "errorCode": "inexistent_user"})
     );
 
-    let empty = truth
-        .iter()
-        .find(|u| u["authentication_methods"].as_array().unwrap().is_empty())
-        .unwrap();
+    let empty = truth.iter().find(|u| u["authentication_methods"].as_array().unwrap().is_empty()).unwrap();
     let id = enc(empty["user_id"].as_str().unwrap());
-    let (_, v) = get(
-        &c,
-        &tok,
-        format!("{base}/api/v2/users/{id}/authentication-methods?include_totals=true"),
-    )
-    .await;
+    let (_, v) = get(&c, &tok, format!("{base}/api/v2/users/{id}/authentication-methods?include_totals=true")).await;
     assert_eq!(v, json!({"authenticators": [], "start": 0, "limit": 50}));
 
     let mut checked_enrollment = false;
-    for u in truth
-        .iter()
-        .filter(|u| u["authentication_methods"].as_array().unwrap().len() > 1)
-        .take(15)
-    {
+    for u in truth.iter().filter(|u| u["authentication_methods"].as_array().unwrap().len() > 1).take(15) {
         let raw = u["user_id"].as_str().unwrap();
         let id = enc(raw);
-        let (_, v) = get(
-            &c,
-            &tok,
-            format!(
-                "{base}/api/v2/users/{id}/authentication-methods?include_totals=true&per_page=100"
-            ),
-        )
-        .await;
+        let (_, v) =
+            get(&c, &tok, format!("{base}/api/v2/users/{id}/authentication-methods?include_totals=true&per_page=100"))
+                .await;
         assert_eq!(v["authenticators"], u["authentication_methods"]);
-        assert_eq!(
-            v["total"],
-            u["authentication_methods"].as_array().unwrap().len()
-        );
-        let (_, v) = get(
-            &c,
-            &tok,
-            format!("{base}/api/v2/users/{id}/authentication-methods"),
-        )
-        .await;
+        assert_eq!(v["total"], u["authentication_methods"].as_array().unwrap().len());
+        let (_, v) = get(&c, &tok, format!("{base}/api/v2/users/{id}/authentication-methods")).await;
         assert_eq!(v, u["authentication_methods"]);
         let (_, v) = get(&c, &tok, format!("{base}/api/v2/users/{id}/authenticators")).await;
         assert_eq!(v, u["authenticators"]);
         let (_, v) = get(&c, &tok, format!("{base}/api/v2/users/{id}/enrollments")).await;
         assert_eq!(v, u["enrollments"]);
         checked_enrollment |= !v.as_array().unwrap().is_empty();
-        let (_, v) = get(
-            &c,
-            &tok,
-            format!("{base}/api/v2/users/{id}/roles?include_totals=true&per_page=100"),
-        )
-        .await;
+        let (_, v) = get(&c, &tok, format!("{base}/api/v2/users/{id}/roles?include_totals=true&per_page=100")).await;
         assert_eq!(v["roles"], u["roles"]);
     }
     assert!(checked_enrollment);
 
     // Percent-encoded SAML ids resolve; deletion turns them into 404s.
-    let saml = truth
-        .iter()
-        .map(|u| u["user_id"].as_str().unwrap())
-        .find(|id| id.starts_with("samlp|"))
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        get(
-            &c,
-            &tok,
-            format!("{base}/api/v2/users/{}/roles", enc(&saml))
-        )
-        .await
-        .0,
-        200
-    );
+    let saml =
+        truth.iter().map(|u| u["user_id"].as_str().unwrap()).find(|id| id.starts_with("samlp|")).unwrap().to_string();
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/users/{}/roles", enc(&saml))).await.0, 200);
     assert!(sim.delete_user(&saml));
-    assert_eq!(
-        get(
-            &c,
-            &tok,
-            format!("{base}/api/v2/users/{}/roles", enc(&saml))
-        )
-        .await
-        .0,
-        404
-    );
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/users/{}/roles", enc(&saml))).await.0, 404);
     assert_eq!(sim.truth().len(), truth.len() - 1);
     let (s, v) = get(&c, &tok, format!("{base}/api/v2/nothing-here")).await;
     assert_eq!(s, 404);

@@ -39,7 +39,8 @@ pub struct RateLimitHeaders {
 
 impl RateLimitHeaders {
     pub fn from_headers(headers: &reqwest::header::HeaderMap) -> RateLimitHeaders {
-        let num = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
+        let num =
+            |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
         RateLimitHeaders {
             remaining: num("x-ratelimit-remaining").map(|v| v.max(0.0) as u64),
             reset: num("x-ratelimit-reset").map(|v| v as i64),

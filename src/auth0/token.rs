@@ -79,7 +79,10 @@ async fn fetch_token(
                 let status = resp.status();
                 super::record_request_metric("POST /oauth/token", status.as_u16());
                 if status.is_success() {
-                    return resp.json::<TokenResponse>().await.map_err(|e| Auth0Error::Transient(format!("token response: {e}")));
+                    return resp
+                        .json::<TokenResponse>()
+                        .await
+                        .map_err(|e| Auth0Error::Transient(format!("token response: {e}")));
                 }
                 let headers = super::limiter::RateLimitHeaders::from_headers(resp.headers());
                 let text = resp.text().await.unwrap_or_default();

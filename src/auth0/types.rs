@@ -144,8 +144,14 @@ mod tests {
 
     #[test]
     fn error_body_prefers_message_then_description() {
-        assert_eq!(ErrorBody::parse(r#"{"statusCode":404,"message":"The user does not exist."}"#).summary(), "The user does not exist.");
-        assert_eq!(ErrorBody::parse(r#"{"error":"access_denied","error_description":"Unauthorized"}"#).summary(), "Unauthorized");
+        assert_eq!(
+            ErrorBody::parse(r#"{"statusCode":404,"message":"The user does not exist."}"#).summary(),
+            "The user does not exist."
+        );
+        assert_eq!(
+            ErrorBody::parse(r#"{"error":"access_denied","error_description":"Unauthorized"}"#).summary(),
+            "Unauthorized"
+        );
         assert_eq!(ErrorBody::parse("<html>").summary(), "no error body");
     }
 }

@@ -72,23 +72,19 @@ pub async fn create(
         return Ok(Created::New(row));
     }
     tx.rollback().await?;
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS}, request_hash FROM exports WHERE tenant = $1 AND idempotency_key = $2"
-    ))
-    .bind(&request.tenant)
-    .bind(idempotency_key)
-    .fetch_one(pool)
-    .await?;
+    let row =
+        sqlx::query(&format!("SELECT {COLUMNS}, request_hash FROM exports WHERE tenant = $1 AND idempotency_key = $2"))
+            .bind(&request.tenant)
+            .bind(idempotency_key)
+            .fetch_one(pool)
+            .await?;
     let hash: String = row.try_get("request_hash")?;
     let existing = ExportRow::from_row(&row)?;
     Ok(if hash == request_hash { Created::Existing(existing) } else { Created::Conflict(existing) })
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<ExportRow>> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM exports WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM exports WHERE id = $1")).bind(id).fetch_optional(pool).await
 }
 
 /// Newest first, keyset on the time-ordered id; `limit + 1` rows tell whether a next page exists.
@@ -149,7 +145,11 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> sqlx::Result<Cancelled> {
 }
 
 /// Adds a stage's Auth0 call accounting to the export.
-pub async fn add_call_stats(conn: &mut PgConnection, id: Uuid, (calls, limited, retries): (i64, i64, i64)) -> sqlx::Result<()> {
+pub async fn add_call_stats(
+    conn: &mut PgConnection,
+    id: Uuid,
+    (calls, limited, retries): (i64, i64, i64),
+) -> sqlx::Result<()> {
     if calls == 0 && limited == 0 && retries == 0 {
         return Ok(());
     }

@@ -21,7 +21,9 @@ impl ProfileRow {
     pub fn merged(self) -> Value {
         let mut obj = match self.doc.0 {
             Value::Object(o) => o,
-            other => Map::from_iter([("user_id".to_owned(), Value::String(self.user_id.clone())), ("doc".to_owned(), other)]),
+            other => {
+                Map::from_iter([("user_id".to_owned(), Value::String(self.user_id.clone())), ("doc".to_owned(), other)])
+            }
         };
         for (key, value) in [
             ("roles", self.roles),
@@ -44,7 +46,12 @@ const COLUMNS: &str = "user_id, doc, roles, authentication_methods, authenticato
 
 /// Stores downloaded lines; a line already stored (a retried download) is skipped.
 /// Returns how many rows were new.
-pub async fn insert_batch(conn: &mut PgConnection, export_id: Uuid, user_ids: &[String], docs: &[String]) -> sqlx::Result<u64> {
+pub async fn insert_batch(
+    conn: &mut PgConnection,
+    export_id: Uuid,
+    user_ids: &[String],
+    docs: &[String],
+) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "INSERT INTO profiles (export_id, user_id, doc, email, connection)
          SELECT $1, u, d, d->>'email', d->'identities'->0->>'connection'

@@ -165,7 +165,12 @@ pub async fn load_export(state: &AppState, id: &str) -> Result<ExportRow, ApiErr
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 409, body = Problem, description = "idempotency key reused with another body")),
     security(("bearer" = ["write"])))]
-pub async fn create(State(state): State<AppState>, _: CanWrite, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    _: CanWrite,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
@@ -209,7 +214,11 @@ fn hex(bytes: &[u8]) -> String {
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, body = ExportList), (status = 400, body = Problem), (status = 401, body = Problem)),
     security(("bearer" = ["read"])))]
-pub async fn list(State(state): State<AppState>, _: CanRead, RawQuery(q): RawQuery) -> Result<Json<ExportList>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    _: CanRead,
+    RawQuery(q): RawQuery,
+) -> Result<Json<ExportList>, ApiError> {
     let params = Params::parse(q.as_deref(), &["status", "tenant", "limit", "cursor"])?;
     let status = params.choice("status", &["queued", "running", "completed", "failed", "cancelled"])?;
     let tenant = params.text("tenant")?;
@@ -231,7 +240,11 @@ pub async fn list(State(state): State<AppState>, _: CanRead, RawQuery(q): RawQue
 #[utoipa::path(get, path = "/v1/exports/{id}", tag = "exports", params(("id" = Uuid, Path)),
     responses((status = 200, body = ExportView), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = ["read"])))]
-pub async fn get(State(state): State<AppState>, _: CanRead, Path(id): Path<String>) -> Result<Json<ExportView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    _: CanRead,
+    Path(id): Path<String>,
+) -> Result<Json<ExportView>, ApiError> {
     let row = load_export(&state, &id).await?;
     let rate = state.rate_limit(&row.tenant);
     Ok(Json(ExportView::new(row, rate)))

@@ -13,7 +13,8 @@ pub struct Params(Vec<(String, String)>);
 
 impl Params {
     pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Params, ApiError> {
-        let url = reqwest::Url::parse(&format!("http://q/?{}", raw.unwrap_or(""))).map_err(|_| ApiError::field("query", "malformed query string"))?;
+        let url = reqwest::Url::parse(&format!("http://q/?{}", raw.unwrap_or("")))
+            .map_err(|_| ApiError::field("query", "malformed query string"))?;
         let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
         for (i, (key, _)) in pairs.iter().enumerate() {
             if !allowed.contains(&key.as_str()) {

@@ -110,7 +110,10 @@ pub async fn download(
     };
     let export = load_export(&state, &id).await?;
     if export.status != "completed" {
-        return Err(ApiError::Conflict(format!("export {} is {}; its result is complete only once completed", export.id, export.status)));
+        return Err(ApiError::Conflict(format!(
+            "export {} is {}; its result is complete only once completed",
+            export.id, export.status
+        )));
     }
     let columns = csv_columns(&export.request.fields, export.request.enrich);
     let (pool, export_id) = (state.pool.clone(), export.id);
@@ -122,13 +125,14 @@ pub async fn download(
             if finished {
                 return None;
             }
-            let rows = match store::page(&pool, export_id, &ProfileFilter::default(), after.as_deref(), DOWNLOAD_PAGE).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::error!(error = %e, "download aborted");
-                    return Some((Err(std::io::Error::other("database error")), (after, sent, true)));
-                }
-            };
+            let rows =
+                match store::page(&pool, export_id, &ProfileFilter::default(), after.as_deref(), DOWNLOAD_PAGE).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        tracing::error!(error = %e, "download aborted");
+                        return Some((Err(std::io::Error::other("database error")), (after, sent, true)));
+                    }
+                };
             let more = rows.len() as i64 > DOWNLOAD_PAGE;
             let rows: Vec<_> = rows.into_iter().take(DOWNLOAD_PAGE as usize).collect();
             let last = rows.last().map(|r| r.user_id.clone()).or(after);
@@ -154,7 +158,9 @@ pub async fn download(
                         }
                         serde_json::to_writer(&mut out, &merged).expect("json to vec");
                     }
-                    Format::Csv => out.extend(csv_line(&columns.iter().map(|c| csv_cell(merged.get(c.as_str()))).collect::<Vec<_>>())),
+                    Format::Csv => out.extend(csv_line(
+                        &columns.iter().map(|c| csv_cell(merged.get(c.as_str()))).collect::<Vec<_>>(),
+                    )),
                 }
             }
             if !more && format == Format::Json {
@@ -215,7 +221,8 @@ mod tests {
 
     #[test]
     fn csv_cells_quote_commas_quotes_and_newlines() {
-        let line = csv_line(&[csv_cell(Some(&json!("a, \"b\"\nc"))), csv_cell(Some(&json!({"k": [1]}))), csv_cell(None)]);
+        let line =
+            csv_line(&[csv_cell(Some(&json!("a, \"b\"\nc"))), csv_cell(Some(&json!({"k": [1]}))), csv_cell(None)]);
         let text = String::from_utf8(line).unwrap();
         assert_eq!(text, "\"a, \"\"b\"\"\nc\",\"{\"\"k\"\":[1]}\",\r\n");
         let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes());

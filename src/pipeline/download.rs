@@ -34,7 +34,9 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
         };
         let location = match (job.status.as_str(), job.download_url()) {
             ("completed", Some(location)) => location.to_owned(),
-            ("failed" | "expired", _) => return replace_job(ctx, &format!("the Auth0 job {job_id} is {}", job.status)).await,
+            ("failed" | "expired", _) => {
+                return replace_job(ctx, &format!("the Auth0 job {job_id} is {}", job.status)).await
+            }
             _ => return Ok(Step::Advance(Some(JobKind::WaitJob))),
         };
         match download_into_db(ctx, &location).await {
@@ -86,7 +88,11 @@ async fn download_into_db(ctx: &StageContext, location: &str) -> Result<(), Fail
     let body = StreamReader::new(resp.bytes_stream().map_err(std::io::Error::other));
     let mut body = BufReader::with_capacity(64 * 1024, body);
     // Auth0 always gzips, but says so in no header: sniff the magic bytes.
-    let gzipped = body.fill_buf().await.map_err(|e| Failure::Retry(format!("reading the export: {e}")))?.starts_with(&[0x1f, 0x8b]);
+    let gzipped = body
+        .fill_buf()
+        .await
+        .map_err(|e| Failure::Retry(format!("reading the export: {e}")))?
+        .starts_with(&[0x1f, 0x8b]);
     let mut lines: Box<dyn AsyncBufRead + Unpin + Send> = if gzipped {
         let mut decoder = GzipDecoder::new(body);
         decoder.multiple_members(true);

@@ -81,7 +81,9 @@ fn in_flight_target(ctx: &StageContext) -> usize {
 async fn per_user_pass(ctx: &StageContext, pass: Pass, enrich: Enrich, in_flight: usize) -> Result<(), StageError> {
     let calls_per_user = match pass {
         Pass::Roles => 1,
-        Pass::Mfa => [enrich.authentication_methods, enrich.authenticators, enrich.enrollments].iter().filter(|b| **b).count(),
+        Pass::Mfa => {
+            [enrich.authentication_methods, enrich.authenticators, enrich.enrollments].iter().filter(|b| **b).count()
+        }
     };
     let concurrency = in_flight.div_ceil(calls_per_user.max(1)).max(1);
     let pool = ctx.pool.clone();
@@ -139,7 +141,12 @@ async fn store(ctx: &StageContext, pass: Pass, batch: &mut Vec<UserEnrichment>) 
 
 /// One user's calls for the pass, concurrently. A user deleted since the export (404) keeps
 /// its exported fields and is marked `user_not_found`.
-async fn fetch_user(ctx: &StageContext, user_id: String, pass: Pass, enrich: Enrich) -> Result<UserEnrichment, StageError> {
+async fn fetch_user(
+    ctx: &StageContext,
+    user_id: String,
+    pass: Pass,
+    enrich: Enrich,
+) -> Result<UserEnrichment, StageError> {
     let mut out = UserEnrichment { user_id, ..Default::default() };
     let fetched = match pass {
         Pass::Roles => fetch_roles(ctx, &out.user_id).await.map(|roles| out.roles = Some(roles)),
@@ -147,7 +154,10 @@ async fn fetch_user(ctx: &StageContext, user_id: String, pass: Pass, enrich: Enr
             let id = out.user_id.as_str();
             let (methods, authenticators, enrollments) = tokio::join!(
                 maybe(enrich.authentication_methods, fetch_methods(ctx, id)),
-                maybe(enrich.authenticators, fetch_list(ctx, id, "authenticators", "GET /api/v2/users/{id}/authenticators")),
+                maybe(
+                    enrich.authenticators,
+                    fetch_list(ctx, id, "authenticators", "GET /api/v2/users/{id}/authenticators")
+                ),
                 maybe(enrich.enrollments, fetch_list(ctx, id, "enrollments", "GET /api/v2/users/{id}/enrollments")),
             );
             (|| -> Result<(), Auth0Error> {
@@ -190,7 +200,8 @@ async fn fetch_roles(ctx: &StageContext, user_id: &str) -> Result<Value, Auth0Er
             &["users", user_id, "roles"],
             &[("per_page", "100"), ("page", &page_no), ("include_totals", "true")],
         );
-        let (roles, total) = ctx.client.get::<RolesPage>("GET /api/v2/users/{id}/roles", url, &ctx.stats).await?.into_parts();
+        let (roles, total) =
+            ctx.client.get::<RolesPage>("GET /api/v2/users/{id}/roles", url, &ctx.stats).await?.into_parts();
         let short = roles.len() < 100;
         all.extend(roles);
         if short || total.is_some_and(|t| all.len() as u64 >= t) {
@@ -210,8 +221,11 @@ async fn fetch_methods(ctx: &StageContext, user_id: &str) -> Result<Value, Auth0
             &["users", user_id, "authentication-methods"],
             &[("per_page", "100"), ("page", &page_no), ("include_totals", "true")],
         );
-        let (items, total) =
-            ctx.client.get::<MethodsPage>("GET /api/v2/users/{id}/authentication-methods", url, &ctx.stats).await?.into_parts();
+        let (items, total) = ctx
+            .client
+            .get::<MethodsPage>("GET /api/v2/users/{id}/authentication-methods", url, &ctx.stats)
+            .await?
+            .into_parts();
         let short = items.len() < 100;
         all.extend(items);
         if short || total.is_some_and(|t| all.len() as u64 >= t) {
@@ -222,7 +236,12 @@ async fn fetch_methods(ctx: &StageContext, user_id: &str) -> Result<Value, Auth0
 }
 
 /// A bare-array endpoint (`/authenticators`, `/enrollments`).
-async fn fetch_list(ctx: &StageContext, user_id: &str, what: &str, endpoint: &'static str) -> Result<Value, Auth0Error> {
+async fn fetch_list(
+    ctx: &StageContext,
+    user_id: &str,
+    what: &str,
+    endpoint: &'static str,
+) -> Result<Value, Auth0Error> {
     let url = ctx.client.api_url(&["users", user_id, what], &[]);
     let items: Vec<Value> = ctx.client.get(endpoint, url, &ctx.stats).await?;
     Ok(Value::Array(items))
@@ -230,17 +249,18 @@ async fn fetch_list(ctx: &StageContext, user_id: &str, what: &str, endpoint: &'s
 
 /// At least one confirmed factor that is not a password or an email verification.
 fn has_confirmed_factor(u: &UserEnrichment) -> bool {
-    let is_factor = |item: &Value| {
-        !matches!(item.get("type").and_then(Value::as_str), Some("password" | "email-verification"))
-    };
+    let is_factor =
+        |item: &Value| !matches!(item.get("type").and_then(Value::as_str), Some("password" | "email-verification"));
     let confirmed = |list: &Option<Value>| {
         list.as_ref().and_then(Value::as_array).is_some_and(|items| {
             items.iter().any(|i| is_factor(i) && i.get("confirmed").and_then(Value::as_bool) == Some(true))
         })
     };
-    let enrolled = u.enrollments.as_ref().and_then(Value::as_array).is_some_and(|items| {
-        items.iter().any(|i| i.get("status").and_then(Value::as_str) == Some("confirmed"))
-    });
+    let enrolled = u
+        .enrollments
+        .as_ref()
+        .and_then(Value::as_array)
+        .is_some_and(|items| items.iter().any(|i| i.get("status").and_then(Value::as_str) == Some("confirmed")));
     confirmed(&u.authentication_methods) || confirmed(&u.authenticators) || enrolled
 }
 

@@ -156,7 +156,14 @@ impl Workers {
 
         let stop = CancellationToken::new();
         let reason = Arc::new(AtomicU8::new(RUNNING));
-        let beat = tokio::spawn(heartbeat(self.pool.clone(), job.clone(), self.settings.lease(), stop.clone(), reason.clone(), shutdown.clone()));
+        let beat = tokio::spawn(heartbeat(
+            self.pool.clone(),
+            job.clone(),
+            self.settings.lease(),
+            stop.clone(),
+            reason.clone(),
+            shutdown.clone(),
+        ));
         let started = Instant::now();
         let outcome = tokio::select! {
             r = run_stage(&ctx) => Some(r),
@@ -313,7 +320,11 @@ async fn finalize(ctx: &StageContext) -> Result<Step, StageError> {
     let mut tx = ctx.pool.begin().await?;
     db::roles::clear(&mut tx, ctx.export.id).await?;
     let total = db::profiles::count(&mut tx, ctx.export.id).await?;
-    sqlx::query("UPDATE exports SET users_total = $2 WHERE id = $1").bind(ctx.export.id).bind(total).execute(&mut *tx).await?;
+    sqlx::query("UPDATE exports SET users_total = $2 WHERE id = $1")
+        .bind(ctx.export.id)
+        .bind(total)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(Step::Advance(None))
 }

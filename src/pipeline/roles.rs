@@ -75,10 +75,8 @@ async fn list_roles(ctx: &StageContext) -> Result<(), StageError> {
     loop {
         let per_page = PAGE.to_string();
         let page_no = page.to_string();
-        let url = ctx.client.api_url(
-            &["roles"],
-            &[("per_page", &per_page), ("page", &page_no), ("include_totals", "true")],
-        );
+        let url =
+            ctx.client.api_url(&["roles"], &[("per_page", &per_page), ("page", &page_no), ("include_totals", "true")]);
         let (roles, total) = ctx.client.get::<RolesPage>("GET /api/v2/roles", url, &ctx.stats).await?.into_parts();
         let mut conn = ctx.pool.acquire().await?;
         db::roles::store_roles(&mut conn, ctx.export.id, &roles).await?;

@@ -43,7 +43,8 @@ async fn filters_match_the_ground_truth() {
     let id = app.create_export(json!({"enrich": all_enrichments()})).await;
     app.wait_for(&id, "completed").await;
     let truth = app.sim.truth();
-    let ids = |profiles: &[Value]| profiles.iter().map(|p| p["user_id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let ids =
+        |profiles: &[Value]| profiles.iter().map(|p| p["user_id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
 
     // A role name with a space or non-ASCII letters, percent-encoded in the query.
     let role = truth
@@ -53,7 +54,11 @@ async fn filters_match_the_ground_truth() {
         .expect("a role name with a space or unicode");
     let encoded: String = role.bytes().map(|b| format!("%{b:02X}")).collect();
     let with_role = app.all_profiles(&id, &format!("&role={encoded}"), 10).await;
-    let expected: Vec<_> = truth.iter().filter(|t| t["roles"].as_array().unwrap().iter().any(|r| r["name"] == role.as_str())).cloned().collect();
+    let expected: Vec<_> = truth
+        .iter()
+        .filter(|t| t["roles"].as_array().unwrap().iter().any(|r| r["name"] == role.as_str()))
+        .cloned()
+        .collect();
     assert!(!expected.is_empty());
     assert_eq!(ids(&with_role), ids(&expected));
 
@@ -65,7 +70,8 @@ async fn filters_match_the_ground_truth() {
     }
 
     let served = app.all_profiles(&id, "&connection=google-oauth2", 50).await;
-    let expected: Vec<_> = truth.iter().filter(|t| t["identities"][0]["connection"] == "google-oauth2").cloned().collect();
+    let expected: Vec<_> =
+        truth.iter().filter(|t| t["identities"][0]["connection"] == "google-oauth2").cloned().collect();
     assert!(!expected.is_empty());
     assert_eq!(ids(&served), ids(&expected));
 
@@ -86,7 +92,8 @@ async fn downloads_stream_every_format() {
     let lines: Vec<Value> = ndjson.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_profiles_equal(&lines, &truth);
 
-    let array: Vec<Value> = app.get(&format!("/v1/exports/{id}/download?format=json"), READ_TOKEN).await.json().await.unwrap();
+    let array: Vec<Value> =
+        app.get(&format!("/v1/exports/{id}/download?format=json"), READ_TOKEN).await.json().await.unwrap();
     assert_profiles_equal(&array, &truth);
 
     let gz = app
@@ -158,7 +165,9 @@ async fn server_errors_429s_and_revoked_tokens_are_survived() {
     sim.burst = 5;
     sim.faults = Faults { error_rate: 0.08, ..Faults::default() };
     let app = spawn_app_with(sim, 400.0).await;
-    let id = app.create_export(json!({"enrich": {"roles": true, "authentication_methods": true, "enrollments": true}})).await;
+    let id = app
+        .create_export(json!({"enrich": {"roles": true, "authentication_methods": true, "enrollments": true}}))
+        .await;
     app.wait_until(&id, "enrichment under way", |e| e["progress"]["users_enriched"].as_u64().unwrap_or(0) > 10).await;
     app.sim.revoke_tokens();
     let export = app.wait_for(&id, "completed").await;

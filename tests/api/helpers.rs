@@ -237,7 +237,8 @@ pub fn all_enrichments() -> Value {
 
 /// Whether the ground truth says the user has a confirmed MFA factor (PRODUCT.md's rule).
 pub fn truth_has_mfa(t: &Value) -> bool {
-    let factor = |i: &Value| !matches!(i["type"].as_str(), Some("password" | "email-verification")) && i["confirmed"] == true;
+    let factor =
+        |i: &Value| !matches!(i["type"].as_str(), Some("password" | "email-verification")) && i["confirmed"] == true;
     t["authentication_methods"].as_array().unwrap().iter().any(factor)
         || t["authenticators"].as_array().unwrap().iter().any(factor)
         || t["enrollments"].as_array().unwrap().iter().any(|e| e["status"] == "confirmed")
