@@ -6,7 +6,7 @@ COPY sim ./sim
 COPY src ./src
 COPY migrations ./migrations
 COPY config ./config
-RUN cargo build --release --locked --bin auth0-exporter --bin auth0-sim
+RUN cargo build --release --locked --workspace --bins
 
 # Runtime stage: slim Debian, no toolchain, non-root. TLS roots are compiled in (webpki-roots),
 # so no extra packages are needed.

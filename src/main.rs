@@ -38,8 +38,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init_logging();
     let cli = Cli::parse();
+    // The demo draws a progress bar: only problems are logged over it.
+    telemetry::init_logging(if matches!(cli.command, Command::Demo(_)) { "warn" } else { telemetry::DEFAULT_LOG });
     let result = match cli.command {
         Command::Serve { role } => serve(role).await,
         Command::Migrate => migrate().await,

@@ -5,9 +5,13 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt, EnvFilter};
 
-/// Installs the log subscriber; `LOG_FORMAT=json` for log shippers, `RUST_LOG` for levels.
-pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+/// Log levels when `RUST_LOG` is unset.
+pub const DEFAULT_LOG: &str = "info,sqlx=warn,tower_http=info";
+
+/// Installs the log subscriber; `LOG_FORMAT=json` for log shippers, `RUST_LOG` for levels
+/// (`default` when unset).
+pub fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json");
     let builder = fmt().with_env_filter(filter).with_target(false);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };

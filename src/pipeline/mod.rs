@@ -112,7 +112,11 @@ impl Workers {
             match queue::claim(&self.pool, &worker, self.settings.lease()).await {
                 Ok(Some(job)) => {
                     let span = tracing::info_span!("job", export_id = %job.export_id, kind = job.kind.as_str(), attempt = job.attempt);
-                    self.run(job, &shutdown).instrument(span).await;
+                    // A task of its own: a panicking stage loses its lease (rescued later), not this worker.
+                    let (me, stop) = (self.clone(), shutdown.clone());
+                    if let Err(e) = tokio::spawn(async move { me.run(job, &stop).await }.instrument(span)).await {
+                        tracing::error!(error = %e, "stage panicked; its lease will expire and the job is retried");
+                    }
                 }
                 Ok(None) => {
                     tokio::select! {
@@ -288,7 +292,7 @@ impl Workers {
         if !queue::finish(&mut tx, job, job_state, message).await? {
             return tx.rollback().await;
         }
-        sqlx::query(
+        let ended = sqlx::query(
             "UPDATE exports SET status = $2, finished_at = now(),
                     error = CASE WHEN $3::text IS NULL THEN NULL
                                  ELSE jsonb_build_object('stage', stage, 'message', $3::text) END
@@ -300,7 +304,9 @@ impl Workers {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        metrics::counter!("exporter_exports_total", "status" => status.to_owned()).increment(1);
+        if ended.rows_affected() == 1 {
+            metrics::counter!("exporter_exports_total", "status" => status.to_owned()).increment(1);
+        }
         Ok(())
     }
 }

@@ -87,7 +87,7 @@ pub async fn spawn_app_with(sim: SimConfig, rate: f64) -> TestApp {
 /// Another service instance (a replica) on the same database and sim.
 pub async fn spawn_replica(sim: Arc<Sim>, database_url: &str, rate: f64, role: Role) -> TestApp {
     if std::env::var("RUST_LOG").is_ok() {
-        auth0_exporter::telemetry::init_logging();
+        auth0_exporter::telemetry::init_logging(auth0_exporter::telemetry::DEFAULT_LOG);
     }
     let app = Application::build(settings(&sim, database_url, rate), role).await.expect("app builds");
     let base = app.local_addr().map(|a| format!("http://{a}")).unwrap_or_default();
