@@ -21,7 +21,7 @@ use crate::{
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Users in the simulated tenant.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1000)]
     pub users: u64,
     /// Roles in the simulated tenant.
     #[arg(long, default_value_t = 20)]

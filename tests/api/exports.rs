@@ -219,3 +219,17 @@ async fn progress_reports_an_eta_while_enriching() {
     let done = app.wait_for(&id, "completed").await;
     assert_eq!(done["progress"]["eta_seconds"], 0.0);
 }
+
+#[tokio::test]
+async fn wrong_credentials_fail_the_export_with_a_clear_message() {
+    let mut sim = sim_config(10);
+    sim.client_secret = "rotated-secret".into();
+    let app = spawn_app_with(sim, 500.0).await;
+    let id = app.create_export(json!({})).await;
+    let export = app.wait_for(&id, "failed").await;
+    let message = export["error"]["message"].as_str().unwrap();
+    assert!(message.contains("token") && message.contains("401"), "{message}");
+    assert!(!message.contains("sim-secret"), "no secret in errors");
+    assert_eq!(export["error"]["stage"], "creating_job");
+    assert!(export["finished_at"].is_string());
+}
