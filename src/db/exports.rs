@@ -166,6 +166,28 @@ pub async fn add_call_stats(
     Ok(())
 }
 
+/// A progress counter of the export resource.
+#[derive(Clone, Copy, Debug)]
+pub enum Counter {
+    Downloaded,
+    Enriched,
+}
+
+pub async fn add_progress(conn: &mut PgConnection, id: Uuid, counter: Counter, n: u64) -> sqlx::Result<()> {
+    let column = match counter {
+        Counter::Downloaded => "users_downloaded",
+        Counter::Enriched => "users_enriched",
+    };
+    if n > 0 {
+        sqlx::query(&format!("UPDATE exports SET {column} = {column} + $2 WHERE id = $1"))
+            .bind(id)
+            .bind(n as i64)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Current number of exports per status, for the `exporter_exports` gauge.
 pub async fn count_by_status(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
     sqlx::query_as("SELECT status, count(*) FROM exports GROUP BY status").fetch_all(pool).await

@@ -12,7 +12,7 @@ use tokio_util::io::StreamReader;
 use super::{wait_job::replace_job, StageContext, StageError, Step};
 use crate::{
     auth0::{types::ExportJob, Auth0Error, DownloadError},
-    db,
+    db::{self, exports::Counter},
     queue::JobKind,
 };
 
@@ -137,13 +137,7 @@ async fn store(ctx: &StageContext, ids: &mut Vec<String>, docs: &mut Vec<String>
     }
     let mut tx = ctx.pool.begin().await?;
     let new = db::profiles::insert_batch(&mut tx, ctx.export.id, ids, docs).await?;
-    sqlx::query("UPDATE exports SET users_downloaded = users_downloaded + $2 WHERE id = $1")
-        .bind(ctx.export.id)
-        .bind(new as i64)
-        .execute(&mut *tx)
-        .await?;
-    ctx.flush_stats(&mut tx).await?;
-    tx.commit().await?;
+    ctx.commit_batch(tx, Counter::Downloaded, new).await?;
     ids.clear();
     docs.clear();
     Ok(())

@@ -17,6 +17,7 @@ use crate::{
     },
     db::{
         self,
+        exports::Counter,
         profiles::{Pass, UserEnrichment},
     },
     model::Enrich,
@@ -59,13 +60,7 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     // Users need no per-user call when only roles were asked for: checkpoint them all.
     let mut tx = ctx.pool.begin().await?;
     let rest = db::profiles::mark_all_enriched(&mut tx, ctx.export.id).await?;
-    sqlx::query("UPDATE exports SET users_enriched = users_enriched + $2 WHERE id = $1")
-        .bind(ctx.export.id)
-        .bind(rest as i64)
-        .execute(&mut *tx)
-        .await?;
-    ctx.flush_stats(&mut tx).await?;
-    tx.commit().await?;
+    ctx.commit_batch(tx, Counter::Enriched, rest).await?;
     Ok(Step::Advance(Some(JobKind::Finalize)))
 }
 
@@ -126,15 +121,8 @@ async fn store(ctx: &StageContext, pass: Pass, batch: &mut Vec<UserEnrichment>) 
     }
     let mut tx = ctx.pool.begin().await?;
     let new = db::profiles::store_enrichments(&mut tx, ctx.export.id, pass, batch).await?;
-    if pass == Pass::Mfa {
-        sqlx::query("UPDATE exports SET users_enriched = users_enriched + $2 WHERE id = $1")
-            .bind(ctx.export.id)
-            .bind(new as i64)
-            .execute(&mut *tx)
-            .await?;
-    }
-    ctx.flush_stats(&mut tx).await?;
-    tx.commit().await?;
+    // Only the MFA pass checkpoints users (`enriched_at`); the roles pass is not the progress measure.
+    ctx.commit_batch(tx, Counter::Enriched, if pass == Pass::Mfa { new } else { 0 }).await?;
     batch.clear();
     Ok(())
 }

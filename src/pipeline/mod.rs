@@ -76,6 +76,18 @@ impl StageContext {
     pub async fn flush_stats(&self, conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
         db::exports::add_call_stats(conn, self.export.id, self.stats.take()).await
     }
+
+    /// Commits a batch's writes together with its progress and the calls it cost.
+    pub async fn commit_batch(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        counter: db::exports::Counter,
+        n: u64,
+    ) -> sqlx::Result<()> {
+        db::exports::add_progress(&mut tx, self.export.id, counter, n).await?;
+        self.flush_stats(&mut tx).await?;
+        tx.commit().await
+    }
 }
 
 /// The worker side of one replica.
