@@ -31,6 +31,8 @@ struct Reserved {
 /// What one response said about the tenant's bucket.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RateLimitHeaders {
+    /// The bucket's size.
+    pub limit: Option<u64>,
     pub remaining: Option<u64>,
     /// UNIX seconds when tokens are next added.
     pub reset: Option<i64>,
@@ -42,6 +44,7 @@ impl RateLimitHeaders {
         let num =
             |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
         RateLimitHeaders {
+            limit: num("x-ratelimit-limit").map(|v| v.max(0.0) as u64),
             remaining: num("x-ratelimit-remaining").map(|v| v.max(0.0) as u64),
             reset: num("x-ratelimit-reset").map(|v| v as i64),
             retry_after: num("retry-after").filter(|s| *s >= 0.0).map(Duration::from_secs_f64),
@@ -100,14 +103,12 @@ impl RateLimiter {
         Ok(if first >= 0.0 { now + Duration::from_secs_f64(first) } else { now })
     }
 
-    /// Feeds a response's headers back: an empty bucket holds everyone until Auth0's reset.
+    /// Feeds a response's headers back: when the tenant's bucket runs low, everyone slows down.
     pub async fn observe(&self, headers: RateLimitHeaders) -> sqlx::Result<()> {
-        if let (Some(remaining), Some(reset)) = (headers.remaining, headers.reset) {
-            if remaining == 0 {
-                self.push_back_to(reset as f64).await?;
-            }
+        match pace_until(headers, chrono::Utc::now().timestamp_millis() as f64 / 1000.0) {
+            Some(until) => self.push_back_to(until).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// After a 429: nobody sends before `max(Retry-After, reset - now, 1 s)` plus jitter.
@@ -140,6 +141,22 @@ impl RateLimiter {
     }
 }
 
+/// Where the headers say the next request should wait until, if anywhere. An empty bucket holds
+/// everyone until the reset; a nearly empty one (under a tenth of its size) spreads the tokens
+/// left over the time to the reset. Otherwise our own pacing stands.
+fn pace_until(headers: RateLimitHeaders, now: f64) -> Option<f64> {
+    let (remaining, reset) = (headers.remaining?, headers.reset? as f64);
+    if reset <= now {
+        return None;
+    }
+    let low = headers.limit.map_or(2, |l| (l / 10).max(2));
+    match remaining {
+        0 => Some(reset),
+        r if r < low => Some(now + (reset - now) / (r as f64 + 1.0)),
+        _ => None,
+    }
+}
+
 fn add_wait_seconds(wait: Duration) {
     // Prometheus counters here are integers: accumulate milliseconds and export whole seconds,
     // so many short waits still add up.
@@ -168,5 +185,20 @@ mod tests {
         assert_eq!(parsed.remaining, Some(7));
         assert_eq!(parsed.reset, Some(1675452600));
         assert_eq!(parsed.retry_after, None);
+    }
+
+    #[test]
+    fn low_buckets_slow_everyone_down() {
+        let h = |remaining, reset| RateLimitHeaders {
+            limit: Some(50),
+            remaining: Some(remaining),
+            reset: Some(reset),
+            retry_after: None,
+        };
+        assert_eq!(pace_until(h(0, 110), 100.0), Some(110.0), "empty: wait for the reset");
+        assert_eq!(pace_until(h(3, 110), 100.0), Some(102.5), "4 slots left before the reset");
+        assert_eq!(pace_until(h(30, 110), 100.0), None, "plenty left: our own pacing stands");
+        assert_eq!(pace_until(h(0, 90), 100.0), None, "a reset in the past says nothing");
+        assert_eq!(pace_until(RateLimitHeaders::default(), 100.0), None);
     }
 }
