@@ -33,6 +33,7 @@ pub struct Application {
     state: AppState,
     workers: Option<Workers>,
     shutdown: CancellationToken,
+    drain: Duration,
     grace: Duration,
 }
 
@@ -83,6 +84,7 @@ impl Application {
             state,
             workers,
             shutdown: CancellationToken::new(),
+            drain: Duration::from_secs(settings.worker.drain_secs),
             grace: Duration::from_secs(settings.worker.shutdown_grace_secs),
         })
     }
@@ -112,11 +114,13 @@ impl Application {
 
         let shutdown = self.shutdown.clone();
         let ready = self.state.ready.clone();
+        let drain = if self.listener.is_some() { self.drain } else { Duration::ZERO };
         let draining = async move {
             shutdown.cancelled().await;
             ready.store(false, Ordering::SeqCst);
             worker_stop.cancel();
-            tracing::info!("shutting down: draining HTTP and handing leases back");
+            tracing::info!(?drain, "shutting down: readiness fails, leases go back, then HTTP drains");
+            tokio::time::sleep(drain).await;
         };
         match self.listener {
             Some(listener) => {

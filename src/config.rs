@@ -44,6 +44,7 @@ pub struct WorkerSettings {
     pub poll_interval_ms: u64,
     pub download_batch: usize,
     pub enrich_batch: usize,
+    pub drain_secs: u64,
     pub shutdown_grace_secs: u64,
     /// Per-user calls in flight per export; `None` sizes it from the rate limit.
     #[serde(default)]
@@ -61,9 +62,9 @@ impl WorkerSettings {
 
 #[derive(Deserialize)]
 struct FileConfig {
-    listen_addr: Option<String>,
-    rate_limit: Option<f64>,
-    worker: Option<WorkerSettings>,
+    listen_addr: String,
+    rate_limit: f64,
+    worker: WorkerSettings,
     #[serde(default)]
     tenants: Vec<FileTenant>,
 }
@@ -87,31 +88,25 @@ impl Settings {
 
     /// Builds settings from a variable lookup, so tests and the demo need not touch the process env.
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
-        let defaults: FileConfig = toml::from_str(DEFAULTS).context("embedded config/default.toml")?;
-        let file: Option<FileConfig> = match var("EXPORTER_CONFIG") {
-            Some(path) => {
-                let text = std::fs::read_to_string(&path).with_context(|| format!("reading EXPORTER_CONFIG {path}"))?;
-                Some(toml::from_str(&text).with_context(|| format!("parsing EXPORTER_CONFIG {path}"))?)
-            }
-            None => None,
-        };
-        let pick = |f: fn(&FileConfig) -> Option<String>| file.as_ref().and_then(f).or_else(|| f(&defaults));
+        // The file overrides the embedded defaults key by key, so it need only name what differs.
+        let mut table: toml::Table = toml::from_str(DEFAULTS).context("embedded config/default.toml")?;
+        if let Some(path) = var("EXPORTER_CONFIG") {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading EXPORTER_CONFIG {path}"))?;
+            let file: toml::Table = toml::from_str(&text).with_context(|| format!("parsing EXPORTER_CONFIG {path}"))?;
+            merge(&mut table, file);
+        }
+        let file: FileConfig = table.try_into().context("EXPORTER_CONFIG does not fit config/default.toml's shape")?;
 
-        let listen_addr =
-            var("LISTEN_ADDR").or_else(|| pick(|c| c.listen_addr.clone())).unwrap_or_else(|| "0.0.0.0:8080".into());
+        let listen_addr = var("LISTEN_ADDR").unwrap_or(file.listen_addr);
         let listen_addr: SocketAddr =
             listen_addr.parse().with_context(|| format!("LISTEN_ADDR {listen_addr:?} is not host:port"))?;
 
         let default_rate = match var("AUTH0_RATE_LIMIT") {
             Some(v) => parse_rate("AUTH0_RATE_LIMIT", &v)?,
-            None => file.as_ref().and_then(|c| c.rate_limit).or(defaults.rate_limit).unwrap_or(16.0),
+            None => file.rate_limit,
         };
 
-        let mut worker = file
-            .as_ref()
-            .and_then(|c| c.worker.clone())
-            .or(defaults.worker.clone())
-            .context("worker defaults missing")?;
+        let mut worker = file.worker;
         if let Some(v) = var("WORKER_CONCURRENCY") {
             worker.concurrency = v.parse().context("WORKER_CONCURRENCY must be a positive integer")?;
         }
@@ -123,7 +118,7 @@ impl Settings {
         if var("AUTH0_DOMAIN").is_some() || var("AUTH0_BASE_URL").is_some() {
             tenants.push(env_tenant(&var, default_rate)?);
         }
-        for t in file.map(|f| f.tenants).unwrap_or_default() {
+        for t in file.tenants {
             let secret = var(&t.client_secret_env)
                 .with_context(|| format!("tenant {}: {} is not set", t.name, t.client_secret_env))?;
             let base_url = tenant_base_url(t.domain.as_deref(), t.base_url.as_deref())
@@ -150,6 +145,18 @@ impl Settings {
             api_tokens: parse_api_tokens(&var("API_TOKENS").unwrap_or_default())?,
             worker,
         })
+    }
+}
+
+/// Overlays `over` on `base`, descending into tables so a file can change one key of a section.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 
@@ -264,6 +271,26 @@ mod tests {
         assert_eq!(t[1].token.expose_secret(), "xyz");
         assert!(parse_api_tokens("x:y:admin").unwrap_err().to_string().contains("admin"));
         assert!(parse_api_tokens("novalue").is_err());
+    }
+
+    #[test]
+    fn a_config_file_overrides_single_keys_and_adds_tenants() {
+        let path = std::env::temp_dir().join(format!("exporter-config-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "rate_limit = 2.0\n[worker]\nlease_secs = 3\n[[tenants]]\nname = \"staging\"\ndomain = \"acme-stg.eu.auth0.com\"\nclient_id = \"c\"\nclient_secret_env = \"STG_SECRET\"\n",
+        )
+        .unwrap();
+        let s = settings(&[("EXPORTER_CONFIG", path.to_str().unwrap()), ("STG_SECRET", "s3cret")]).unwrap();
+        assert_eq!(s.worker.lease_secs, 3);
+        assert_eq!(s.worker.concurrency, 4, "other keys keep their defaults");
+        let t = &s.tenants[0];
+        assert_eq!((t.name.as_str(), t.rate_limit), ("staging", 2.0));
+        assert_eq!(t.audience, "https://acme-stg.eu.auth0.com/api/v2/");
+        assert_eq!(t.client_secret.expose_secret(), "s3cret");
+        let missing = settings(&[("EXPORTER_CONFIG", path.to_str().unwrap())]).unwrap_err();
+        assert!(missing.to_string().contains("STG_SECRET"));
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

@@ -66,12 +66,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ("AUTH0_RATE_LIMIT", args.rate.to_string()),
         ("API_TOKENS", format!("demo:{token}:read+write")),
     ]);
-    let settings = Settings::from_lookup(|k| vars.get(k).cloned())?;
+    let mut settings = Settings::from_lookup(|k| vars.get(k).cloned())?;
+    // No load balancer to drain: stop at once on Ctrl-C.
+    settings.worker.drain_secs = 0;
     let app = match Application::build(settings.clone(), Role::All).await {
         Ok(app) => app,
         Err(e) if format!("{e:#}").contains("LISTEN_ADDR") => {
             println!("{listen} is taken; listening on a free port instead");
-            let mut settings = settings;
             settings.listen_addr = "127.0.0.1:0".parse()?;
             Application::build(settings, Role::All).await?
         }

@@ -7,6 +7,7 @@ use auth0_exporter::{
     config::Settings,
 };
 use auth0_sim::{Config as SimConfig, Sim};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::task::JoinHandle;
@@ -53,6 +54,10 @@ pub struct TestApp {
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+fn settings_for(database_url: &str, rate: f64) -> impl FnOnce(&Sim) -> Settings + '_ {
+    move |sim| settings(sim, database_url, rate)
+}
+
 /// Settings pointing at `sim` and `database_url`, with short queue timings for tests.
 pub fn settings(sim: &Sim, database_url: &str, rate: f64) -> Settings {
     let vars: HashMap<&str, String> = HashMap::from([
@@ -71,6 +76,7 @@ pub fn settings(sim: &Sim, database_url: &str, rate: f64) -> Settings {
     s.worker.download_batch = 50;
     s.worker.enrich_batch = 25;
     s.worker.shutdown_grace_secs = 5;
+    s.worker.drain_secs = 0;
     s
 }
 
@@ -86,23 +92,22 @@ pub async fn spawn_app_with(sim: SimConfig, rate: f64) -> TestApp {
 
 /// Another service instance (a replica) on the same database and sim.
 pub async fn spawn_replica(sim: Arc<Sim>, database_url: &str, rate: f64, role: Role) -> TestApp {
+    spawn_with_settings(sim, settings_for(database_url, rate), role).await
+}
+
+/// An instance with adjusted settings.
+pub async fn spawn_with_settings(sim: Arc<Sim>, settings: impl FnOnce(&Sim) -> Settings, role: Role) -> TestApp {
+    let settings = settings(&sim);
     if std::env::var("RUST_LOG").is_ok() {
         auth0_exporter::telemetry::init_logging(auth0_exporter::telemetry::DEFAULT_LOG);
     }
-    let app = Application::build(settings(&sim, database_url, rate), role).await.expect("app builds");
+    let database_url = settings.database_url.as_ref().map(|u| u.expose_secret().to_owned()).unwrap();
+    let app = Application::build(settings, role).await.expect("app builds");
     let base = app.local_addr().map(|a| format!("http://{a}")).unwrap_or_default();
     let pool = app.pool().clone();
     let stop = app.shutdown_token();
     let server = tokio::spawn(app.run());
-    TestApp {
-        base,
-        http: reqwest::Client::new(),
-        pool,
-        sim,
-        database_url: database_url.to_owned(),
-        stop,
-        server: Some(server),
-    }
+    TestApp { base, http: reqwest::Client::new(), pool, sim, database_url, stop, server: Some(server) }
 }
 
 impl TestApp {
@@ -190,6 +195,11 @@ impl TestApp {
         let ids: Vec<&str> = out.iter().map(|p| p["user_id"].as_str().unwrap()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "profiles strictly ordered by user_id, no duplicates");
         out
+    }
+
+    /// Starts shutting down as SIGTERM would, without waiting.
+    pub fn begin_shutdown(&self) {
+        self.stop.cancel();
     }
 
     /// Stops this instance as SIGTERM would and waits for it.

@@ -15,11 +15,8 @@ use crate::helpers::*;
 fn spawn_process(sim_url: &str, database_url: &str, rate: f64) -> tokio::process::Child {
     // A short lease, so the rescuer notices the dead worker within seconds.
     let config = std::env::temp_dir().join(format!("exporter-test-{}.toml", uuid::Uuid::new_v4().simple()));
-    std::fs::write(
-        &config,
-        "[worker]\nconcurrency = 2\nlease_secs = 3\npoll_interval_ms = 100\ndownload_batch = 50\nenrich_batch = 10\nshutdown_grace_secs = 5\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "[worker]\nconcurrency = 2\nlease_secs = 3\npoll_interval_ms = 100\nenrich_batch = 10\n")
+        .unwrap();
     tokio::process::Command::new(env!("CARGO_BIN_EXE_auth0-exporter"))
         .arg("serve")
         .env("EXPORTER_CONFIG", &config)

@@ -192,3 +192,24 @@ async fn openapi_and_metrics_describe_the_service() {
     }
     assert!(!text.contains("auth0|"), "no user id in metric labels");
 }
+
+#[tokio::test]
+async fn readiness_fails_while_draining() {
+    let sim = std::sync::Arc::new(auth0_sim::Sim::start(sim_config(5), "127.0.0.1:0".parse().unwrap()).await.unwrap());
+    let url = fresh_database().await;
+    let app = spawn_with_settings(
+        sim,
+        |sim| {
+            let mut s = settings(sim, &url, 100.0);
+            s.worker.drain_secs = 3;
+            s
+        },
+        auth0_exporter::app::Role::All,
+    )
+    .await;
+    assert_eq!(app.http.get(app.url("/readyz")).send().await.unwrap().status(), 200);
+    app.begin_shutdown();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    problem(app.http.get(app.url("/readyz")).send().await.unwrap(), 503).await;
+    assert_eq!(app.http.get(app.url("/livez")).send().await.unwrap().status(), 200, "still alive while draining");
+}
