@@ -233,3 +233,21 @@ async fn wrong_credentials_fail_the_export_with_a_clear_message() {
     assert_eq!(export["error"]["stage"], "creating_job");
     assert!(export["finished_at"].is_string());
 }
+
+#[tokio::test]
+async fn enumerating_roles_stops_when_per_user_calls_are_cheaper() {
+    let app = spawn_app_with(sim_config(2000), 1000.0).await;
+    // 12 users but 8 roles with thousands of memberships: enumeration would cost more than 12 calls.
+    let id = app.create_export(json!({"limit": 12, "enrich": {"roles": true, "authentication_methods": false}})).await;
+    let export = app.wait_for(&id, "completed").await;
+    assert_eq!(export["stats"]["roles_strategy"], "per_user");
+    let stats = app.sim.stats();
+    let member_pages = stats.by_endpoint["GET /api/v2/roles/{id}/users"];
+    let per_user = stats.by_endpoint["GET /api/v2/users/{id}/roles"];
+    assert!(member_pages <= 12 && per_user == 12, "{member_pages} member pages, {per_user} per-user calls");
+    let truth = app.sim.truth();
+    for p in app.all_profiles(&id, "", 100).await {
+        let t = truth.iter().find(|t| t["user_id"] == p["user_id"]).unwrap();
+        assert_eq!(p["roles"], t["roles"], "{}", p["user_id"]);
+    }
+}
