@@ -28,7 +28,7 @@ CREATE TABLE exports (
     created_at       timestamptz NOT NULL DEFAULT now(),
     started_at       timestamptz,
     finished_at      timestamptz,
-    UNIQUE (tenant, idempotency_key)
+    UNIQUE (idempotency_key)                        -- a key names one request, whatever its tenant
 );
 CREATE INDEX exports_status_id ON exports (status, id DESC);
 CREATE INDEX exports_tenant_id ON exports (tenant, id DESC);

@@ -103,7 +103,7 @@ impl Settings {
 
         let default_rate = match var("AUTH0_RATE_LIMIT") {
             Some(v) => parse_rate("AUTH0_RATE_LIMIT", &v)?,
-            None => file.rate_limit,
+            None => check_rate("rate_limit", file.rate_limit)?,
         };
 
         let mut worker = file.worker;
@@ -123,13 +123,17 @@ impl Settings {
                 .with_context(|| format!("tenant {}: {} is not set", t.name, t.client_secret_env))?;
             let base_url = tenant_base_url(t.domain.as_deref(), t.base_url.as_deref())
                 .with_context(|| format!("tenant {} needs domain or base_url", t.name))?;
+            let rate_limit = match t.rate_limit {
+                Some(r) => check_rate(&format!("tenant {} rate_limit", t.name), r)?,
+                None => default_rate,
+            };
             tenants.push(TenantConfig {
                 audience: t.audience.unwrap_or_else(|| default_audience(&base_url)),
                 name: t.name,
                 base_url,
                 client_id: t.client_id,
                 client_secret: SecretString::from(secret),
-                rate_limit: t.rate_limit.unwrap_or(default_rate),
+                rate_limit,
             });
         }
         for (i, t) in tenants.iter().enumerate() {
@@ -190,9 +194,15 @@ pub fn default_audience(base_url: &str) -> String {
 }
 
 fn parse_rate(name: &str, value: &str) -> anyhow::Result<f64> {
-    match value.parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
-        _ => bail!("{name} must be a positive number of requests per second, got {value:?}"),
+    check_rate(name, value.parse::<f64>().unwrap_or(f64::NAN))
+        .with_context(|| format!("{name} must be a positive number of requests per second, got {value:?}"))
+}
+
+fn check_rate(name: &str, rate: f64) -> anyhow::Result<f64> {
+    if rate.is_finite() && rate > 0.0 {
+        Ok(rate)
+    } else {
+        bail!("{name} must be a positive number of requests per second, got {rate}")
     }
 }
 

@@ -22,6 +22,10 @@ pub struct RateLimiter {
     local: Mutex<Reserved>,
 }
 
+/// Longest hold one response's headers may impose: a bogus far-future reset must not stop a
+/// tenant's exports for hours (the SDKs cap at 10 to 60 s too).
+const MAX_PUSH: f64 = 60.0;
+
 #[derive(Default)]
 struct Reserved {
     next: Option<Instant>,
@@ -47,7 +51,9 @@ impl RateLimitHeaders {
             limit: num("x-ratelimit-limit").map(|v| v.max(0.0) as u64),
             remaining: num("x-ratelimit-remaining").map(|v| v.max(0.0) as u64),
             reset: num("x-ratelimit-reset").map(|v| v as i64),
-            retry_after: num("retry-after").filter(|s| *s >= 0.0).map(Duration::from_secs_f64),
+            retry_after: num("retry-after")
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(|s| Duration::from_secs_f64(s.min(MAX_PUSH))),
         }
     }
 }
@@ -67,6 +73,12 @@ impl RateLimiter {
     pub async fn acquire(&self) -> sqlx::Result<Duration> {
         let slot = {
             let mut local = self.local.lock().await;
+            // Slots long past (this process stalled) were already counted against the window the
+            // other replicas are now using: sending on them would overshoot. Reserve afresh.
+            let interval = Duration::from_secs_f64(self.interval);
+            if local.next.is_some_and(|next| next + interval < Instant::now()) {
+                local.left = 0;
+            }
             if local.left == 0 {
                 let first = self.reserve(self.batch).await?;
                 *local = Reserved { next: Some(first), left: self.batch };
@@ -105,54 +117,55 @@ impl RateLimiter {
 
     /// Feeds a response's headers back: when the tenant's bucket runs low, everyone slows down.
     pub async fn observe(&self, headers: RateLimitHeaders) -> sqlx::Result<()> {
-        match pace_until(headers, chrono::Utc::now().timestamp_millis() as f64 / 1000.0) {
-            Some(until) => self.push_back_to(until).await,
+        match pace_delay(headers, epoch_now()) {
+            Some(delay) => self.push_back(delay).await,
             None => Ok(()),
         }
     }
 
     /// After a 429: nobody sends before `max(Retry-After, reset - now, 1 s)` plus jitter.
     pub async fn back_off(&self, headers: RateLimitHeaders) -> sqlx::Result<()> {
-        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-        let mut until = now + 1.0;
-        if let Some(reset) = headers.reset {
-            until = until.max(reset as f64);
-        }
-        if let Some(after) = headers.retry_after {
-            until = until.max(now + after.as_secs_f64());
-        }
+        let now = epoch_now();
+        let reset = headers.reset.map_or(0.0, |r| r as f64 - now);
+        let after = headers.retry_after.map_or(0.0, |d| d.as_secs_f64());
         // Jitter spreads the replicas' first requests after the reset.
-        until += fastrand::f64() * 0.25;
-        self.push_back_to(until).await
+        self.push_back(reset.max(after).clamp(1.0, MAX_PUSH) + fastrand::f64() * 0.25).await
     }
 
-    async fn push_back_to(&self, epoch_secs: f64) -> sqlx::Result<()> {
+    /// Holds every replica's next request back by `delay` seconds from now on the database's
+    /// clock (the one `tat` lives on), never pulling `tat` earlier.
+    async fn push_back(&self, delay: f64) -> sqlx::Result<()> {
         // Slots reserved before the push are void: the next request reserves after it.
         self.local.lock().await.left = 0;
         sqlx::query(
-            "INSERT INTO rate_limits (tenant, tat) VALUES ($1, to_timestamp($2))
-             ON CONFLICT (tenant) DO UPDATE SET tat = GREATEST(rate_limits.tat, to_timestamp($2))",
+            "INSERT INTO rate_limits (tenant, tat) VALUES ($1, clock_timestamp() + make_interval(secs => $2))
+             ON CONFLICT (tenant) DO UPDATE
+                SET tat = GREATEST(rate_limits.tat, clock_timestamp() + make_interval(secs => $2))",
         )
         .bind(&self.tenant)
-        .bind(epoch_secs)
+        .bind(delay.clamp(0.0, MAX_PUSH))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 }
 
-/// Where the headers say the next request should wait until, if anywhere. An empty bucket holds
+fn epoch_now() -> f64 {
+    chrono::Utc::now().timestamp_millis() as f64 / 1000.0
+}
+
+/// How long the headers say the next request should wait, if at all. An empty bucket holds
 /// everyone until the reset; a nearly empty one (under a tenth of its size) spreads the tokens
 /// left over the time to the reset. Otherwise our own pacing stands.
-fn pace_until(headers: RateLimitHeaders, now: f64) -> Option<f64> {
-    let (remaining, reset) = (headers.remaining?, headers.reset? as f64);
-    if reset <= now {
+fn pace_delay(headers: RateLimitHeaders, now: f64) -> Option<f64> {
+    let (remaining, to_reset) = (headers.remaining?, headers.reset? as f64 - now);
+    if to_reset <= 0.0 {
         return None;
     }
     let low = headers.limit.map_or(2, |l| (l / 10).max(2));
     match remaining {
-        0 => Some(reset),
-        r if r < low => Some(now + (reset - now) / (r as f64 + 1.0)),
+        0 => Some(to_reset.min(MAX_PUSH)),
+        r if r < low => Some((to_reset / (r as f64 + 1.0)).min(MAX_PUSH)),
         _ => None,
     }
 }
@@ -180,7 +193,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("7"));
         h.insert("x-ratelimit-reset", HeaderValue::from_static("1675452600"));
-        h.insert("retry-after", HeaderValue::from_static("soon"));
+        h.insert("retry-after", HeaderValue::from_static("inf"));
         let parsed = RateLimitHeaders::from_headers(&h);
         assert_eq!(parsed.remaining, Some(7));
         assert_eq!(parsed.reset, Some(1675452600));
@@ -195,10 +208,11 @@ mod tests {
             reset: Some(reset),
             retry_after: None,
         };
-        assert_eq!(pace_until(h(0, 110), 100.0), Some(110.0), "empty: wait for the reset");
-        assert_eq!(pace_until(h(3, 110), 100.0), Some(102.5), "4 slots left before the reset");
-        assert_eq!(pace_until(h(30, 110), 100.0), None, "plenty left: our own pacing stands");
-        assert_eq!(pace_until(h(0, 90), 100.0), None, "a reset in the past says nothing");
-        assert_eq!(pace_until(RateLimitHeaders::default(), 100.0), None);
+        assert_eq!(pace_delay(h(0, 110), 100.0), Some(10.0), "empty: wait for the reset");
+        assert_eq!(pace_delay(h(3, 110), 100.0), Some(2.5), "4 slots left before the reset");
+        assert_eq!(pace_delay(h(30, 110), 100.0), None, "plenty left: our own pacing stands");
+        assert_eq!(pace_delay(h(0, 90), 100.0), None, "a reset in the past says nothing");
+        assert_eq!(pace_delay(h(0, 100_000), 100.0), Some(MAX_PUSH), "a bogus reset is capped");
+        assert_eq!(pace_delay(RateLimitHeaders::default(), 100.0), None);
     }
 }

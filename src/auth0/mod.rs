@@ -130,7 +130,7 @@ pub(crate) fn wait_after_429(headers: RateLimitHeaders) -> Duration {
     let now = chrono::Utc::now().timestamp() as f64;
     let reset = headers.reset.map(|r| r as f64 - now).unwrap_or(0.0);
     let after = headers.retry_after.map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    Duration::from_secs_f64(reset.max(after).max(1.0) * (1.0 + fastrand::f64() * 0.25))
+    Duration::from_secs_f64(reset.max(after).clamp(1.0, 60.0) * (1.0 + fastrand::f64() * 0.25))
 }
 
 pub(crate) fn record_request_metric(endpoint: &'static str, status: u16) {

@@ -56,7 +56,7 @@ pub async fn create(
     let inserted: Option<ExportRow> = sqlx::query_as(&format!(
         "INSERT INTO exports (id, tenant, request, request_hash, idempotency_key)
          VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (tenant, idempotency_key) DO NOTHING
+         ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING {COLUMNS}"
     ))
     .bind(Uuid::now_v7())

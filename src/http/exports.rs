@@ -2,7 +2,8 @@
 
 use axum::{
     body::Bytes,
-    extract::{Path, RawQuery, State},
+    extract::rejection::BytesRejection,
+    extract::{RawQuery, State},
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -17,7 +18,7 @@ use uuid::Uuid;
 use super::{
     auth::{CanRead, CanWrite},
     error::{ApiError, Problem},
-    params::{finish_page, Params},
+    params::{finish_page, AppPath, Params},
     AppState,
 };
 use crate::{
@@ -169,8 +170,12 @@ pub async fn create(
     State(state): State<AppState>,
     _: CanWrite,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(e.body_text()),
+        _ => ApiError::field("body", e.body_text()),
+    })?;
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
@@ -243,7 +248,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     _: CanRead,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<Json<ExportView>, ApiError> {
     let row = load_export(&state, &id).await?;
     let rate = state.rate_limit(&row.tenant);
@@ -255,7 +260,11 @@ pub async fn get(
     responses((status = 202, body = ExportView, description = "cancelled, or cancelling at the running stage's next heartbeat"),
               (status = 404, body = Problem), (status = 409, body = Problem, description = "already finished")),
     security(("bearer" = ["write"])))]
-pub async fn cancel(State(state): State<AppState>, _: CanWrite, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    _: CanWrite,
+    AppPath(id): AppPath<String>,
+) -> Result<Response, ApiError> {
     let id = parse_export_id(&id)?;
     match store::cancel(&state.pool, id).await? {
         Cancelled::NotFound => Err(ApiError::NotFound(format!("export {id} does not exist"))),

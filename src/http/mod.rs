@@ -97,7 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi))
         .fallback(|| async { error::ApiError::NotFound("no such endpoint".into()) })
-        .method_not_allowed_fallback(|| async { error::ApiError::NotFound("no such method on this endpoint".into()) })
+        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(record_request))
         .layer(CompressionLayer::new())
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(300)))

@@ -1,7 +1,11 @@
 //! Query strings, page sizes and opaque keyset cursors, each bad value a 400 naming the parameter.
 
+use axum::{
+    extract::{FromRequestParts, Path},
+    http::request::Parts,
+};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::error::ApiError;
 
@@ -35,7 +39,7 @@ impl Params {
     pub fn text(&self, key: &str) -> Result<Option<String>, ApiError> {
         match self.get(key) {
             Some("") => Err(ApiError::field(key, "must not be empty")),
-            other => Ok(other.map(str::to_owned)),
+            other => other.map(|v| plain_text(key, v)).transpose(),
         }
     }
 
@@ -73,6 +77,32 @@ impl Params {
     }
 }
 
+/// Text the database can hold: Postgres refuses NUL characters, so they are a 400 here, not a 500.
+pub fn plain_text(field: &str, value: &str) -> Result<String, ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::field(field, "must not contain NUL characters"));
+    }
+    Ok(value.to_owned())
+}
+
+/// Path parameters whose rejections are problem documents like every other error.
+pub struct AppPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(AppPath(value)),
+            Err(rejection) => Err(ApiError::field("path", rejection.body_text())),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Cursor {
@@ -89,7 +119,7 @@ fn decode_cursor(raw: &str) -> Result<String, ApiError> {
     let bad = || ApiError::field("cursor", "not a cursor this API returned");
     let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
     match serde_json::from_slice::<Cursor>(&bytes) {
-        Ok(Cursor { v: 1, k }) if !k.is_empty() => Ok(k),
+        Ok(Cursor { v: 1, k }) if !k.is_empty() && !k.contains('\0') => Ok(k),
         _ => Err(bad()),
     }
 }
@@ -111,7 +141,12 @@ mod tests {
         let c = encode_cursor("samlp|corp|a.b@corp.example");
         let p = Params::parse(Some(&format!("cursor={c}")), &["cursor"]).unwrap();
         assert_eq!(p.cursor().unwrap().as_deref(), Some("samlp|corp|a.b@corp.example"));
-        for bad in ["x", "e30", &URL_SAFE_NO_PAD.encode(br#"{"v":2,"k":"a"}"#)] {
+        for bad in [
+            "x",
+            "e30",
+            &URL_SAFE_NO_PAD.encode(br#"{"v":2,"k":"a"}"#),
+            &URL_SAFE_NO_PAD.encode(br#"{"v":1,"k":"\u0000"}"#),
+        ] {
             let p = Params::parse(Some(&format!("cursor={bad}")), &["cursor"]).unwrap();
             assert!(p.cursor().is_err(), "{bad} accepted");
         }

@@ -2,7 +2,7 @@
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Path, RawQuery, State},
+    extract::{RawQuery, State},
     http::header,
     response::{IntoResponse, Response},
     Json,
@@ -16,7 +16,7 @@ use super::{
     auth::CanRead,
     error::{ApiError, Problem},
     exports::load_export,
-    params::{finish_page, Params},
+    params::{finish_page, plain_text, AppPath, Params},
     AppState,
 };
 use crate::db::profiles::{self as store, ProfileFilter};
@@ -42,7 +42,7 @@ pub struct ProfileList {
 pub async fn list(
     State(state): State<AppState>,
     _: CanRead,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<ProfileList>, ApiError> {
     let params = Params::parse(q.as_deref(), &["limit", "cursor", "role", "has_mfa", "connection", "email"])?;
@@ -58,6 +58,17 @@ pub async fn list(
     if filter.has_mfa.is_some() && !export.request.enrich.any_mfa() {
         return Err(ApiError::field("has_mfa", "this export fetched no MFA data (enrich.authentication_methods, authenticators and enrollments are all off)"));
     }
+    if filter.role.is_some() && !export.request.enrich.roles {
+        return Err(ApiError::field("role", "this export fetched no roles (enrich.roles is off)"));
+    }
+    // These filters read the exported `email` and `identities`: an export without them cannot answer.
+    for (filter_set, param, field) in
+        [(filter.connection.is_some(), "connection", "identities"), (filter.email.is_some(), "email", "email")]
+    {
+        if filter_set && !export.request.fields.iter().any(|f| f == field) {
+            return Err(ApiError::field(param, format!("this export did not export the {field} field")));
+        }
+    }
     let rows = store::page(&state.pool, export.id, &filter, after.as_deref(), limit).await?;
     let (rows, next_cursor) = finish_page(rows, limit, |r| r.user_id.clone());
     Ok(Json(ProfileList { data: rows.into_iter().map(|r| r.merged()).collect(), next_cursor }))
@@ -71,8 +82,9 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     _: CanRead,
-    Path((id, user_id)): Path<(String, String)>,
+    AppPath((id, user_id)): AppPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    let user_id = plain_text("user_id", &user_id)?;
     let export = load_export(&state, &id).await?;
     let row = store::get(&state.pool, export.id, &user_id)
         .await?
@@ -99,7 +111,7 @@ const DOWNLOAD_PAGE: i64 = 1000;
 pub async fn download(
     State(state): State<AppState>,
     _: CanRead,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref(), &["format"])?;

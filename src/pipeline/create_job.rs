@@ -1,7 +1,10 @@
 //! Stage `creating_job`: create the Auth0 users-export job and store its id before anything else.
 
 use super::{StageContext, StageError, Step};
-use crate::{auth0::types::ExportJob, queue::JobKind};
+use crate::{
+    auth0::{types::ExportJob, Auth0Error},
+    queue::JobKind,
+};
 
 /// Replacing a failed or expired Auth0 job is bounded: the first job plus two replacements.
 pub const MAX_AUTH0_JOBS: i32 = 3;
@@ -16,7 +19,15 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     }
     let body = ctx.export.request.auth0_job_body();
     let url = ctx.client.api_url(&["jobs", "users-exports"], &[]);
-    let job: ExportJob = ctx.client.post("POST /api/v2/jobs/users-exports", url, &body, &ctx.stats).await?;
+    let job: ExportJob = match ctx.client.post("POST /api/v2/jobs/users-exports", url, &body, &ctx.stats).await {
+        Ok(job) => job,
+        // Auth0 documents no limit on concurrent export jobs and no code for refusing one: a 400
+        // or 409 here is retried later (bounded by the job's attempts) before the export fails.
+        Err(Auth0Error::Permanent { status: 400 | 409, message }) => {
+            return Err(StageError::Retry(anyhow::anyhow!(message)))
+        }
+        Err(e) => return Err(e.into()),
+    };
     // Fenced by the attempt: a worker that lost its lease must not record a second job.
     let stored = sqlx::query(
         "UPDATE exports SET auth0_job_id = $2, auth0_jobs_created = auth0_jobs_created + 1, job_percent_done = 0

@@ -115,15 +115,22 @@ async fn download_into_db(ctx: &StageContext, location: &str) -> Result<(), Fail
             break;
         }
         line_no += 1;
-        let text = std::str::from_utf8(&line).map(str::trim).unwrap_or_default();
+        let Ok(text) = std::str::from_utf8(&line) else {
+            // Auth0 writes UTF-8: anything else is a corrupt transfer, and a profile is never dropped.
+            return Err(Failure::Retry(format!("export line {line_no} is not UTF-8")));
+        };
+        let text = text.trim();
         if text.is_empty() {
             continue;
         }
         let id: LineId = serde_json::from_str(text).map_err(|e| {
             Failure::Stage(StageError::Fail(format!("export line {line_no} is not a user object with a user_id: {e}")))
         })?;
-        ids.push(id.user_id);
-        docs.push(text.to_owned());
+        // Postgres' jsonb cannot hold U+0000, the one character JSON allows and it refuses; it
+        // becomes U+FFFD rather than failing the whole export.
+        let text = if text.contains("\\u0000") { text.replace("\\u0000", "\\ufffd") } else { text.to_owned() };
+        ids.push(id.user_id.replace('\0', "\u{fffd}"));
+        docs.push(text);
         if ids.len() >= batch_size {
             store(ctx, &mut ids, &mut docs).await?;
         }

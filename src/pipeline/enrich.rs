@@ -41,11 +41,11 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
 
     let roles = async {
         if !enrich.roles || ctx.export.roles_fetched {
-            return Ok(());
+            return Ok(None);
         }
         match roles::enumerate(ctx, users, in_flight).await? {
-            roles::PER_USER => per_user_pass(ctx, Pass::Roles, enrich, in_flight).await,
-            _ => Ok(()),
+            roles::PER_USER => per_user_pass(ctx, Pass::Roles, enrich, in_flight).await.map(|()| None),
+            strategy => Ok(Some(strategy)),
         }
     };
     let mfa = async {
@@ -55,7 +55,10 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
             Ok(())
         }
     };
-    tokio::try_join!(roles, mfa)?;
+    let (enumerated, ()) = tokio::try_join!(roles, mfa)?;
+    if enumerated == Some(roles::BY_ROLE) {
+        roles::fold(ctx).await?;
+    }
 
     // Users need no per-user call when only roles were asked for: checkpoint them all.
     let mut tx = ctx.pool.begin().await?;
@@ -159,13 +162,26 @@ async fn fetch_user(
     };
     match fetched {
         Ok(()) => Ok(out),
-        Err(Auth0Error::NotFound(_)) => Ok(UserEnrichment {
-            error: Some("user_not_found".into()),
-            has_mfa: (pass == Pass::Mfa).then_some(false),
-            ..UserEnrichment { user_id: out.user_id, ..Default::default() }
-        }),
+        // Gone since the export: it has no roles or factors any more.
+        Err(Auth0Error::NotFound(_)) => {
+            let none = |wanted: bool| wanted.then(|| Value::Array(vec![]));
+            Ok(match pass {
+                Pass::Roles => UserEnrichment { roles: none(true), ..gone(out.user_id) },
+                Pass::Mfa => UserEnrichment {
+                    authentication_methods: none(enrich.authentication_methods),
+                    authenticators: none(enrich.authenticators),
+                    enrollments: none(enrich.enrollments),
+                    has_mfa: Some(false),
+                    ..gone(out.user_id)
+                },
+            })
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+fn gone(user_id: String) -> UserEnrichment {
+    UserEnrichment { user_id, error: Some("user_not_found".into()), ..Default::default() }
 }
 
 async fn maybe<F: std::future::Future<Output = Result<Value, Auth0Error>>>(

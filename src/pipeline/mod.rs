@@ -77,6 +77,16 @@ impl StageContext {
         db::exports::add_call_stats(conn, self.export.id, self.stats.take()).await
     }
 
+    /// A transaction that holds this job's row: writes that would harm another worker's result
+    /// (deleting rows, rewriting every profile) commit only while the lease is still ours.
+    pub async fn begin_fenced(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StageError> {
+        let mut tx = self.pool.begin().await?;
+        if !queue::hold(&mut tx, &self.job).await? {
+            return Err(StageError::Retry(anyhow::anyhow!("lease lost; another worker owns this stage now")));
+        }
+        Ok(tx)
+    }
+
     /// Commits a batch's writes together with its progress and the calls it cost.
     pub async fn commit_batch(
         &self,
@@ -172,20 +182,21 @@ impl Workers {
 
         let stop = CancellationToken::new();
         let reason = Arc::new(AtomicU8::new(RUNNING));
-        let beat = tokio::spawn(heartbeat(
+        // Aborted on drop, so a panicking stage stops renewing its lease and gets rescued.
+        let _beat = AbortOnDrop(tokio::spawn(heartbeat(
             self.pool.clone(),
             job.clone(),
             self.settings.lease(),
             stop.clone(),
             reason.clone(),
             shutdown.clone(),
-        ));
+        )));
         let started = Instant::now();
         let outcome = tokio::select! {
             r = run_stage(&ctx) => Some(r),
             _ = stop.cancelled() => None,
         };
-        beat.abort();
+        drop(_beat);
         tracing::debug!(elapsed = ?started.elapsed(), ?outcome, "stage returned");
 
         let calls = stats.take();
@@ -335,7 +346,7 @@ async fn run_stage(ctx: &StageContext) -> Result<Step, StageError> {
 
 /// Drops the role scratch tables and counts the result; the runner marks the export completed.
 async fn finalize(ctx: &StageContext) -> Result<Step, StageError> {
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = ctx.begin_fenced().await?;
     db::roles::clear(&mut tx, ctx.export.id).await?;
     let total = db::profiles::count(&mut tx, ctx.export.id).await?;
     sqlx::query("UPDATE exports SET users_total = $2 WHERE id = $1")
@@ -345,6 +356,14 @@ async fn finalize(ctx: &StageContext) -> Result<Step, StageError> {
         .await?;
     tx.commit().await?;
     Ok(Step::Advance(None))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Jittered exponential delay between failed attempts of one stage.

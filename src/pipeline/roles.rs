@@ -10,7 +10,10 @@ use futures_util::{stream, TryStreamExt};
 
 use super::{StageContext, StageError};
 use crate::{
-    auth0::types::{RoleMembersPage, RolesPage},
+    auth0::{
+        types::{RoleMembersPage, RolesPage},
+        Auth0Error,
+    },
     db,
 };
 
@@ -20,7 +23,9 @@ pub const PER_USER: &str = "per_user";
 /// Page size of Auth0's role and member listings.
 const PAGE: usize = 100;
 
-/// Decides how roles are fetched and, by role, fetches them; returns the strategy to finish with.
+/// Decides how roles are fetched and, by role, fetches every membership; returns the strategy to
+/// finish with. The memberships are folded into the profiles by [`fold`] once no other pass
+/// writes to them (two bulk updates of the same rows could deadlock).
 pub async fn enumerate(ctx: &StageContext, users: i64, concurrency: usize) -> Result<&'static str, StageError> {
     let export = ctx.export.id;
     match ctx.export.roles_strategy.as_deref() {
@@ -44,14 +49,7 @@ pub async fn enumerate(ctx: &StageContext, users: i64, concurrency: usize) -> Re
         .try_for_each_concurrent(concurrency.max(1), |(role_id, from)| page_members(ctx, role_id, from, &budget))
         .await;
     match outcome {
-        Ok(()) => {
-            let mut tx = ctx.pool.begin().await?;
-            db::roles::fold_into_profiles(&mut tx, export).await?;
-            sqlx::query("UPDATE exports SET roles_fetched = true WHERE id = $1").bind(export).execute(&mut *tx).await?;
-            ctx.flush_stats(&mut tx).await?;
-            tx.commit().await?;
-            Ok(BY_ROLE)
-        }
+        Ok(()) => Ok(BY_ROLE),
         Err(Enumeration::OverBudget) => {
             tracing::info!(users, "enumerating roles costs more than per-user calls; switching");
             set_strategy(ctx, PER_USER).await?;
@@ -59,6 +57,17 @@ pub async fn enumerate(ctx: &StageContext, users: i64, concurrency: usize) -> Re
         }
         Err(Enumeration::Failed(e)) => Err(e),
     }
+}
+
+/// Writes the enumerated roles into every profile, fenced by the lease: a stale worker must not
+/// rewrite the roles of an export someone else finished.
+pub async fn fold(ctx: &StageContext) -> Result<(), StageError> {
+    let mut tx = ctx.begin_fenced().await?;
+    db::roles::fold_into_profiles(&mut tx, ctx.export.id).await?;
+    sqlx::query("UPDATE exports SET roles_fetched = true WHERE id = $1").bind(ctx.export.id).execute(&mut *tx).await?;
+    ctx.flush_stats(&mut tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn set_strategy(ctx: &StageContext, strategy: &str) -> sqlx::Result<()> {
@@ -99,8 +108,8 @@ impl From<sqlx::Error> for Enumeration {
     }
 }
 
-impl From<crate::auth0::Auth0Error> for Enumeration {
-    fn from(e: crate::auth0::Auth0Error) -> Self {
+impl From<Auth0Error> for Enumeration {
+    fn from(e: Auth0Error) -> Self {
         Enumeration::Failed(e.into())
     }
 }
@@ -122,7 +131,12 @@ async fn page_members(
             query.push(("from", f));
         }
         let url = ctx.client.api_url(&["roles", &role_id, "users"], &query);
-        let page: RoleMembersPage = ctx.client.get("GET /api/v2/roles/{id}/users", url, &ctx.stats).await?;
+        let page: RoleMembersPage = match ctx.client.get("GET /api/v2/roles/{id}/users", url, &ctx.stats).await {
+            Ok(page) => page,
+            // Deleted since it was listed: nobody holds it any more.
+            Err(Auth0Error::NotFound(_)) => RoleMembersPage { users: vec![], next: None },
+            Err(e) => return Err(e.into()),
+        };
         let users: Vec<String> = page.users.into_iter().map(|u| u.user_id).collect();
         // An empty page with a cursor would loop forever; treat it as the end.
         let next = page.next.filter(|n| !n.is_empty() && !users.is_empty());

@@ -57,7 +57,7 @@ pub async fn replace_job(ctx: &StageContext, why: &str) -> Result<Step, StageErr
         return Err(StageError::Fail(format!("{why}, and {MAX_AUTH0_JOBS} Auth0 jobs were tried")));
     }
     tracing::warn!(reason = why, "replacing the Auth0 export job");
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = ctx.begin_fenced().await?;
     sqlx::query("DELETE FROM profiles WHERE export_id = $1").bind(ctx.export.id).execute(&mut *tx).await?;
     sqlx::query("UPDATE exports SET auth0_job_id = NULL, users_downloaded = 0, job_percent_done = NULL WHERE id = $1")
         .bind(ctx.export.id)

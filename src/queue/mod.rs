@@ -155,8 +155,33 @@ pub async fn reschedule(
     Ok(done.rows_affected() == 1)
 }
 
-/// Returns running jobs whose lease expired (their worker died) to the queue.
+/// Locks the job's row while this attempt still holds it; false when the lease was lost.
+pub async fn hold(conn: &mut PgConnection, job: &Job) -> sqlx::Result<bool> {
+    let held: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM queue_jobs WHERE id = $1 AND attempt = $2 AND state = 'running' FOR UPDATE")
+            .bind(job.id)
+            .bind(job.attempt)
+            .fetch_optional(conn)
+            .await?;
+    Ok(held.is_some())
+}
+
+/// Returns running jobs whose lease expired (their worker died) to the queue; a job whose
+/// workers died `max_attempts` times fails its export instead of looping forever.
 pub async fn rescue_expired(pool: &PgPool) -> sqlx::Result<u64> {
+    sqlx::query(
+        "WITH dead AS (
+            UPDATE queue_jobs SET state = 'discarded', finished_at = now(),
+                   last_error = 'lease expired on the last attempt: the worker kept dying'
+             WHERE state = 'running' AND lease_expires_at < now() AND attempt >= max_attempts
+         RETURNING export_id, attempt)
+         UPDATE exports e SET status = 'failed', finished_at = now(),
+                error = jsonb_build_object('stage', e.stage, 'message',
+                        format('the worker running this stage stopped %s times without finishing', dead.attempt))
+           FROM dead WHERE e.id = dead.export_id AND e.status IN ('queued', 'running')",
+    )
+    .execute(pool)
+    .await?;
     let done = sqlx::query(
         "UPDATE queue_jobs SET state = 'retryable', run_at = now(), locked_by = NULL,
                 last_error = 'lease expired: the worker stopped heartbeating'

@@ -213,3 +213,37 @@ async fn readiness_fails_while_draining() {
     problem(app.http.get(app.url("/readyz")).send().await.unwrap(), 503).await;
     assert_eq!(app.http.get(app.url("/livez")).send().await.unwrap().status(), 200, "still alive while draining");
 }
+
+#[tokio::test]
+async fn hostile_input_gets_problem_documents_not_5xx() {
+    let app = spawn_app().await;
+    let id = app
+        .create_export(json!({"fields": ["email"], "enrich": {"roles": false, "authentication_methods": true}}))
+        .await;
+    for (path, status, field) in [
+        (format!("/v1/exports/{id}/profiles?email=a%00b"), 400, Some("email")),
+        (format!("/v1/exports/{id}/profiles/auth0%7C%00x"), 400, Some("user_id")),
+        (format!("/v1/exports/{id}/profiles/%FF%FE"), 400, Some("path")),
+        // The export did not export identities, and fetched no roles: those filters cannot answer.
+        (format!("/v1/exports/{id}/profiles?connection=google-oauth2"), 400, Some("connection")),
+        (format!("/v1/exports/{id}/profiles?role=admin"), 400, Some("role")),
+    ] {
+        let p = problem(app.get(&path, READ_TOKEN).await, status).await;
+        if let Some(field) = field {
+            assert!(names_field(&p, field), "{path} should name {field}: {p}");
+        }
+    }
+    let put = app.http.put(app.url("/v1/exports")).bearer_auth(WRITE_TOKEN).send().await.unwrap();
+    problem(put, 405).await;
+    let huge = format!("{{\"fields\": [\"{}\"]}}", "a".repeat(3 * 1024 * 1024));
+    let resp = app
+        .http
+        .post(app.url("/v1/exports"))
+        .bearer_auth(WRITE_TOKEN)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 413).await;
+}
