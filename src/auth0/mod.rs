@@ -179,6 +179,29 @@ impl Auth0Client {
         self.call(Method::GET, endpoint, url, None, stats).await
     }
 
+    /// Every item of an offset-paged listing, 100 per call (`include_totals` tells when to stop
+    /// early; a short page ends it otherwise).
+    pub async fn get_all<P: types::OffsetPage>(
+        &self,
+        endpoint: &'static str,
+        segments: &[&str],
+        stats: &CallStats,
+    ) -> Result<Vec<P::Item>, Auth0Error> {
+        const PER_PAGE: usize = 100;
+        let mut all = Vec::new();
+        for page in 0.. {
+            let page_no = page.to_string();
+            let query = [("per_page", "100"), ("page", page_no.as_str()), ("include_totals", "true")];
+            let (items, total) = self.get::<P>(endpoint, self.api_url(segments, &query), stats).await?.into_parts();
+            let short = items.len() < PER_PAGE;
+            all.extend(items);
+            if short || total.is_some_and(|t| all.len() as u64 >= t) {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
     pub async fn post<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,

@@ -49,8 +49,15 @@ pub enum RolesPage {
     Bare(Vec<Role>),
 }
 
-impl RolesPage {
-    pub fn into_parts(self) -> (Vec<Role>, Option<u64>) {
+/// A page of an offset-paged listing: its items and, when Auth0 sent it, the total.
+pub trait OffsetPage: serde::de::DeserializeOwned {
+    type Item;
+    fn into_parts(self) -> (Vec<Self::Item>, Option<u64>);
+}
+
+impl OffsetPage for RolesPage {
+    type Item = Role;
+    fn into_parts(self) -> (Vec<Role>, Option<u64>) {
         match self {
             RolesPage::Wrapped { roles, total } => (roles, total),
             RolesPage::Bare(roles) => (roles, None),
@@ -84,8 +91,9 @@ pub enum MethodsPage {
     Bare(Vec<Value>),
 }
 
-impl MethodsPage {
-    pub fn into_parts(self) -> (Vec<Value>, Option<u64>) {
+impl OffsetPage for MethodsPage {
+    type Item = Value;
+    fn into_parts(self) -> (Vec<Value>, Option<u64>) {
         match self {
             MethodsPage::Wrapped { authenticators, total } => (authenticators, total),
             MethodsPage::Bare(items) => (items, None),

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::{roles, StageContext, StageError, Step};
 use crate::{
     auth0::{
-        types::{MethodsPage, Role, RolesPage},
+        types::{MethodsPage, RolesPage},
         Auth0Error,
     },
     db::{
@@ -197,46 +197,22 @@ async fn maybe<F: std::future::Future<Output = Result<Value, Auth0Error>>>(
 
 /// `GET /users/{id}/roles`, sorted by name in byte order like the by-role path.
 async fn fetch_roles(ctx: &StageContext, user_id: &str) -> Result<Value, Auth0Error> {
-    let mut all: Vec<Role> = Vec::new();
-    for page in 0.. {
-        let page_no = page.to_string();
-        let url = ctx.client.api_url(
-            &["users", user_id, "roles"],
-            &[("per_page", "100"), ("page", &page_no), ("include_totals", "true")],
-        );
-        let (roles, total) =
-            ctx.client.get::<RolesPage>("GET /api/v2/users/{id}/roles", url, &ctx.stats).await?.into_parts();
-        let short = roles.len() < 100;
-        all.extend(roles);
-        if short || total.is_some_and(|t| all.len() as u64 >= t) {
-            break;
-        }
-    }
-    all.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
-    Ok(serde_json::to_value(all).expect("roles serialise"))
+    let mut roles = ctx
+        .client
+        .get_all::<RolesPage>("GET /api/v2/users/{id}/roles", &["users", user_id, "roles"], &ctx.stats)
+        .await?;
+    roles.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+    Ok(serde_json::to_value(roles).expect("roles serialise"))
 }
 
 /// `GET /users/{id}/authentication-methods`, every page, items unchanged.
 async fn fetch_methods(ctx: &StageContext, user_id: &str) -> Result<Value, Auth0Error> {
-    let mut all: Vec<Value> = Vec::new();
-    for page in 0.. {
-        let page_no = page.to_string();
-        let url = ctx.client.api_url(
-            &["users", user_id, "authentication-methods"],
-            &[("per_page", "100"), ("page", &page_no), ("include_totals", "true")],
-        );
-        let (items, total) = ctx
-            .client
-            .get::<MethodsPage>("GET /api/v2/users/{id}/authentication-methods", url, &ctx.stats)
-            .await?
-            .into_parts();
-        let short = items.len() < 100;
-        all.extend(items);
-        if short || total.is_some_and(|t| all.len() as u64 >= t) {
-            break;
-        }
-    }
-    Ok(Value::Array(all))
+    let segments = ["users", user_id, "authentication-methods"];
+    let items = ctx
+        .client
+        .get_all::<MethodsPage>("GET /api/v2/users/{id}/authentication-methods", &segments, &ctx.stats)
+        .await?;
+    Ok(Value::Array(items))
 }
 
 /// A bare-array endpoint (`/authenticators`, `/enrollments`).

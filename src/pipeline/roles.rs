@@ -20,7 +20,7 @@ use crate::{
 pub const BY_ROLE: &str = "by_role";
 pub const PER_USER: &str = "per_user";
 
-/// Page size of Auth0's role and member listings.
+/// Members per checkpoint page (Auth0's maximum `take`).
 const PAGE: usize = 100;
 
 /// Decides how roles are fetched and, by role, fetches every membership; returns the strategy to
@@ -80,21 +80,10 @@ async fn set_strategy(ctx: &StageContext, strategy: &str) -> sqlx::Result<()> {
 }
 
 async fn list_roles(ctx: &StageContext) -> Result<(), StageError> {
-    let mut page = 0usize;
-    loop {
-        let per_page = PAGE.to_string();
-        let page_no = page.to_string();
-        let url =
-            ctx.client.api_url(&["roles"], &[("per_page", &per_page), ("page", &page_no), ("include_totals", "true")]);
-        let (roles, total) = ctx.client.get::<RolesPage>("GET /api/v2/roles", url, &ctx.stats).await?.into_parts();
-        let mut conn = ctx.pool.acquire().await?;
-        db::roles::store_roles(&mut conn, ctx.export.id, &roles).await?;
-        let seen = page * PAGE + roles.len();
-        if roles.len() < PAGE || total.is_some_and(|t| seen as u64 >= t) {
-            return Ok(());
-        }
-        page += 1;
-    }
+    let roles = ctx.client.get_all::<RolesPage>("GET /api/v2/roles", &["roles"], &ctx.stats).await?;
+    let mut conn = ctx.pool.acquire().await?;
+    db::roles::store_roles(&mut conn, ctx.export.id, &roles).await?;
+    Ok(())
 }
 
 enum Enumeration {
