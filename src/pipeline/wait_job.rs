@@ -25,7 +25,10 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
         Err(e) => return Err(e.into()),
     };
     match job.status.as_str() {
-        "completed" if job.download_url().is_some() => Ok(Step::Advance(Some(JobKind::Download))),
+        "completed" if job.download_url().is_some() => {
+            store_percent_done(ctx, Some(100)).await?;
+            Ok(Step::Advance(Some(JobKind::Download)))
+        }
         "failed" | "expired" => replace_job(ctx, &format!("the Auth0 job {job_id} is {}", job.status)).await,
         status => {
             if !matches!(status, "pending" | "processing" | "completed") {
@@ -34,15 +37,20 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
             if ctx.export.started_at.is_some_and(|t| chrono::Utc::now() - t > DEADLINE) {
                 return Err(StageError::Fail(format!("the Auth0 job {job_id} did not complete within 9 hours")));
             }
-            let percent = job.percentage_done.map(|p| p.clamp(0.0, 100.0) as i32);
-            sqlx::query("UPDATE exports SET job_percent_done = COALESCE($2, job_percent_done) WHERE id = $1")
-                .bind(ctx.export.id)
-                .bind(percent)
-                .execute(&ctx.pool)
-                .await?;
+            store_percent_done(ctx, job.percentage_done.map(|p| p.clamp(0.0, 100.0) as i32)).await?;
             Ok(Step::Snooze(poll_delay(job.time_left_seconds)))
         }
     }
+}
+
+/// Keeps the last known figure when Auth0 omits `percentage_done`.
+async fn store_percent_done(ctx: &StageContext, percent: Option<i32>) -> Result<(), StageError> {
+    sqlx::query("UPDATE exports SET job_percent_done = COALESCE($2, job_percent_done) WHERE id = $1")
+        .bind(ctx.export.id)
+        .bind(percent)
+        .execute(&ctx.pool)
+        .await?;
+    Ok(())
 }
 
 /// Follows Auth0's `time_left_seconds`, clamped to [1 s, 30 s].

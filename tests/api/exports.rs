@@ -16,6 +16,7 @@ async fn whole_export_equals_ground_truth_and_pages_cleanly() {
     assert_eq!(export["progress"]["users_total"], 150);
     assert_eq!(export["progress"]["users_enriched"], 150);
     assert_eq!(export["progress"]["percent"], 100.0);
+    assert_eq!(export["progress"]["auth0_job_percent_done"], 100);
     assert_eq!(export["stats"]["roles_strategy"], "by_role");
     assert!(export["auth0_job_id"].as_str().unwrap().starts_with("job_"));
 
