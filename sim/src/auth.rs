@@ -15,7 +15,44 @@ use serde_json::json;
 
 use crate::{errors, lock, AppState};
 
-const SCOPE: &str = "read:users read:roles read:role_members read:authentication_methods";
+/// What the token table keeps per issued access token.
+pub struct TokenInfo {
+    pub expires: Instant,
+    pub scopes: Vec<String>,
+}
+
+/// Scopes each endpoint needs: every group must be met by at least one scope of the group.
+/// Sources: AUTH0.md (OAS); `/users/{id}/authenticators` is undocumented, so it takes either of the two
+/// scopes that plausibly cover it.
+pub fn required_scopes(method: &str, template: &str) -> &'static [&'static [&'static str]] {
+    const ROLE_MEMBERS: &[&[&str]] = &[&["read:users"], &["read:roles"], &["read:role_members"]];
+    match (method, template) {
+        ("POST", "/api/v2/jobs/users-exports") => &[&["read:users"]],
+        ("GET", "/api/v2/jobs/{id}") => &[&["create:users", "read:users"]],
+        ("GET", "/api/v2/roles") => &[&["read:roles"]],
+        ("GET", "/api/v2/roles/{id}/users") => ROLE_MEMBERS,
+        ("GET", "/api/v2/users/{id}") => &[&["read:users", "read:user_idp_tokens", "read:current_user"]],
+        ("GET", "/api/v2/users/{id}/roles") => ROLE_MEMBERS,
+        ("GET", "/api/v2/users/{id}/authentication-methods") => &[&["read:authentication_methods"]],
+        ("GET", "/api/v2/users/{id}/authenticators") => &[&["read:authentication_methods", "read:users"]],
+        ("GET", "/api/v2/users/{id}/enrollments") => &[&["read:users", "read:current_user"]],
+        _ => &[],
+    }
+}
+
+/// 403 insufficient_scope unless `scopes` meets every group of the endpoint.
+pub fn check_scopes(scopes: &[String], method: &str, template: &str) -> Result<(), Response> {
+    for group in required_scopes(method, template) {
+        if !group.iter().any(|g| scopes.iter().any(|s| s == g)) {
+            return Err(errors::mgmt(
+                StatusCode::FORBIDDEN,
+                &format!("Insufficient scope, expected any of: {}", group.join(",")),
+                Some("insufficient_scope"),
+            ));
+        }
+    }
+    Ok(())
+}
 
 pub async fn token(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     lock(&st.counters).stats.token_requests += 1;
@@ -60,9 +97,15 @@ pub async fn token(State(st): State<Arc<AppState>>, headers: HeaderMap, body: By
             "No audience parameter was provided, and no default audience has been configured",
         );
     };
+    // Exact match. By default the Management API identifier `{base_url}/api/v2/`, where the base URL is
+    // the sim's own or the one the client reached it by (Host header, e.g. behind docker networking).
     let audience_ok = match &st.cfg.audience {
         Some(expected) => audience == expected,
-        None => url_path(audience) == Some("/api/v2/"),
+        None => {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            audience == format!("{}/api/v2/", st.base_url)
+                || host.is_some_and(|h| audience == format!("http://{h}/api/v2/"))
+        }
     };
     if !audience_ok {
         return errors::oauth(
@@ -72,23 +115,25 @@ pub async fn token(State(st): State<Arc<AppState>>, headers: HeaderMap, body: By
         );
     }
     let ttl = st.cfg.token_ttl;
-    let token = mint(&st, audience, ttl.as_secs());
+    let scope = st.cfg.scopes.join(" ");
+    let token = mint(&st, audience, ttl.as_secs(), &scope);
     {
         let mut tokens = lock(&st.tokens);
         let now = Instant::now();
-        tokens.retain(|_, exp| *exp > now);
-        tokens.insert(token.clone(), now + ttl);
+        tokens.retain(|_, t| t.expires > now);
+        tokens.insert(token.clone(), TokenInfo { expires: now + ttl, scopes: st.cfg.scopes.clone() });
     }
     Json(json!({
         "access_token": token,
         "expires_in": ttl.as_secs(),
         "token_type": "Bearer",
-        "scope": SCOPE,
+        "scope": scope,
     }))
     .into_response()
 }
 
 /// The path of an absolute URL (`https://host/path?q` -> `/path`), without the query.
+#[cfg(test)]
 fn url_path(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
     let path = &rest[rest.find('/')?..];
@@ -96,7 +141,7 @@ fn url_path(url: &str) -> Option<&str> {
 }
 
 /// A JWT-looking opaque token; only the server-side table makes it valid.
-fn mint(st: &AppState, audience: &str, ttl: u64) -> String {
+fn mint(st: &AppState, audience: &str, ttl: u64, scope: &str) -> String {
     let now = chrono::Utc::now().timestamp();
     let header = json!({"alg": "RS256", "typ": "JWT", "kid": "sim"});
     let claims = json!({
@@ -105,7 +150,7 @@ fn mint(st: &AppState, audience: &str, ttl: u64) -> String {
         "aud": audience,
         "iat": now,
         "exp": now + ttl as i64,
-        "scope": SCOPE,
+        "scope": scope,
         "gty": "client-credentials",
         "jti": st.random_alnum(16),
     });
@@ -117,8 +162,8 @@ fn mint(st: &AppState, audience: &str, ttl: u64) -> String {
     )
 }
 
-/// 401 unless the request carries a live token we issued.
-pub fn check_bearer(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// 401 unless the request carries a live token we issued; its scopes otherwise.
+pub fn check_bearer(st: &AppState, headers: &HeaderMap) -> Result<Vec<String>, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -130,10 +175,10 @@ pub fn check_bearer(st: &AppState, headers: &HeaderMap) -> Result<(), Response> 
     };
     match lock(&st.tokens).get(token) {
         None => Err(errors::unauthorized("Invalid token")),
-        Some(exp) if *exp <= Instant::now() => {
+        Some(t) if t.expires <= Instant::now() => {
             Err(errors::unauthorized("Expired token received for JSON Web Token validation"))
         }
-        Some(_) => Ok(()),
+        Some(t) => Ok(t.scopes.clone()),
     }
 }
 

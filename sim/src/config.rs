@@ -19,8 +19,12 @@ pub struct Config {
     pub mfa_share: f64,
     pub client_id: String,
     pub client_secret: String,
-    /// `None`: accept any audience whose URL path is exactly `/api/v2/`.
+    /// The audience a token request must name exactly. `None`: `{base_url}/api/v2/`, where the base
+    /// URL is the sim's own (`http://127.0.0.1:PORT`) or `http://{Host header}`.
     pub audience: Option<String>,
+    /// Scopes of the client grant; every issued token carries them and every /api/v2 endpoint
+    /// answers 403 insufficient_scope without the scope it needs.
+    pub scopes: Vec<String>,
     /// Tenant name; the export file is `{tenant}.json.gz` / `{tenant}.csv.gz`.
     pub tenant: String,
     pub token_ttl: Duration,
@@ -44,6 +48,7 @@ impl Default for Config {
             client_id: "sim-client".into(),
             client_secret: "sim-secret".into(),
             audience: None,
+            scopes: DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
             tenant: "sim-tenant".into(),
             token_ttl: Duration::from_secs(86_400),
             link_ttl: Duration::from_secs(60),
@@ -53,6 +58,10 @@ impl Default for Config {
         }
     }
 }
+
+/// The scopes auth0-exporter needs (AUTH0.md: exports and jobs `read:users`, roles `read:roles`, role
+/// members and user roles all of `read:users read:roles read:role_members`, MFA `read:authentication_methods`).
+pub const DEFAULT_SCOPES: [&str; 4] = ["read:users", "read:roles", "read:role_members", "read:authentication_methods"];
 
 impl Config {
     /// The burst matching a rate when none is given: the rate rounded up, at least 1.
@@ -74,4 +83,30 @@ pub struct Faults {
     pub cut_downloads: u32,
     /// The next N downloads answer 403 as if the link had expired.
     pub expire_downloads: u32,
+    /// The next N created export jobs end `failed` instead of `completed`.
+    pub fail_jobs: u32,
+    /// The next N created export jobs end `expired` (no `location`) instead of `completed`.
+    pub expire_jobs: u32,
+    /// The next N /api/v2 calls answer 503 with the Management error body.
+    pub fail_next_calls: u32,
+    /// Starts an outage of this many ms when the faults are set: every /api/v2 call answers 503.
+    /// Turned into `outage_until_ms` (and reset to 0) on arrival.
+    pub outage_ms: u64,
+    /// Every /api/v2 call answers 503 until this UNIX time in ms.
+    pub outage_until_ms: u64,
+}
+
+impl Faults {
+    /// Turns a relative `outage_ms` into an absolute `outage_until_ms` starting now.
+    pub fn arm(mut self) -> Faults {
+        if self.outage_ms > 0 {
+            self.outage_until_ms = self.outage_until_ms.max(unix_ms() + self.outage_ms);
+            self.outage_ms = 0;
+        }
+        self
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }

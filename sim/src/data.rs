@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
+use crate::nasty::{self, RawUser};
+
 /// splitmix64: tiny, fast and good enough to make every user reproducible on its own.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -62,6 +64,7 @@ impl Rng {
 const SALT_USER: u64 = 1;
 const SALT_ROLES: u64 = 2;
 const SALT_MFA: u64 = 3;
+const SALT_NASTY: u64 = 4;
 
 /// ISO-8601 UTC with milliseconds, as Auth0 prints dates.
 pub fn iso_ms(ms: i64) -> String {
@@ -251,9 +254,15 @@ impl Tenant {
         self.by_id.get(user_id).copied()
     }
 
-    /// The full user object, as GET /users/{id} would return it.
+    /// The full user object, as GET /users/{id} would return it (numbers past f64 are lossy here).
     pub fn user(&self, idx: u32) -> Value {
-        build_user(self.seed, idx as u64, &self.connections)
+        nasty::to_value(&self.user_raw(idx))
+    }
+
+    /// The full user object as exact JSON text: top-level keys sorted, each with its value's JSON text.
+    pub fn user_raw(&self, idx: u32) -> RawUser {
+        let plain = build_user(self.seed, idx as u64, &self.connections);
+        nasty::nastify(plain, &mut Rng::stream(self.seed, idx as u64, SALT_NASTY), idx as u64)
     }
 
     /// Roles of a user, sorted by name (the order the API and the truth use).
@@ -608,31 +617,33 @@ pub fn enrollments(methods: &[Value]) -> Vec<Value> {
         return Vec::new();
     };
     let id = m["id"].as_str().and_then(|s| s.split_once('|')).map(|x| x.1);
-    let enrolled = m.get("enrolled_at").cloned().unwrap_or(Value::Null);
-    // Guardian leaves unset dates as "" rather than omitting them.
-    let last = m.get("last_auth_at").cloned().unwrap_or_else(|| json!(""));
-    let (ty, name, identifier, phone, method) = match m["type"].as_str() {
-        Some("push") => (
-            "pn",
-            m["name"].clone(),
-            json!(format!("{:016x}", id.unwrap_or_default().bytes().fold(0xfeed, |h, b| mix(h ^ b as u64)))),
-            Value::Null,
-            json!("guardian"),
-        ),
-        Some("phone") => ("sms", m["name"].clone(), json!(""), m["phone_number"].clone(), json!("sms")),
-        _ => ("totp", json!(""), Value::Null, Value::Null, json!("authenticator")),
+    let mut e = Map::new();
+    e.insert("id".into(), json!(id));
+    e.insert("status".into(), json!("confirmed"));
+    // Unset values are omitted: the SDKs parse `last_auth` as a date and `phone_number`/`identifier` as strings.
+    let (ty, method) = match m["type"].as_str() {
+        Some("push") => {
+            let dev = id.unwrap_or_default().bytes().fold(0xfeed, |h, b| mix(h ^ b as u64));
+            e.insert("name".into(), m["name"].clone());
+            e.insert("identifier".into(), json!(format!("{dev:016x}")));
+            ("pn", "guardian")
+        }
+        Some("phone") => {
+            e.insert("name".into(), m["name"].clone());
+            e.insert("phone_number".into(), m["phone_number"].clone());
+            ("sms", "sms")
+        }
+        _ => ("totp", "authenticator"),
     };
-    vec![json!({
-        "id": id,
-        "status": "confirmed",
-        "type": ty,
-        "name": name,
-        "identifier": identifier,
-        "phone_number": phone,
-        "auth_method": method,
-        "enrolled_at": enrolled,
-        "last_auth": last,
-    })]
+    e.insert("type".into(), json!(ty));
+    e.insert("auth_method".into(), json!(method));
+    if let Some(v) = m.get("enrolled_at") {
+        e.insert("enrolled_at".into(), v.clone());
+    }
+    if let Some(v) = m.get("last_auth_at") {
+        e.insert("last_auth".into(), v.clone());
+    }
+    vec![Value::Object(e)]
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod config;
 mod data;
 mod errors;
 mod jobs;
+mod nasty;
 mod paging;
 mod ratelimit;
 mod roles;
@@ -18,7 +19,6 @@ mod users;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
 
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
@@ -34,8 +34,7 @@ pub(crate) struct AppState {
     tenant: data::Tenant,
     base_url: String,
     bucket: Mutex<ratelimit::Bucket>,
-    /// access token -> expiry.
-    tokens: Mutex<HashMap<String, Instant>>,
+    tokens: Mutex<HashMap<String, auth::TokenInfo>>,
     jobs: Mutex<HashMap<String, jobs::Job>>,
     faults: Mutex<Faults>,
     counters: Mutex<testing::Counters>,
@@ -98,7 +97,7 @@ impl Sim {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
         let state = Arc::new(AppState {
             bucket: Mutex::new(ratelimit::Bucket::new(config.burst, config.rate)),
-            faults: Mutex::new(config.faults.clone()),
+            faults: Mutex::new(config.faults.clone().arm()),
             sign_key: data::mix(config.seed ^ entropy),
             rng: Mutex::new(data::Rng::new(entropy ^ config.seed)),
             cfg: config,
@@ -136,8 +135,9 @@ impl Sim {
         lock(&self.state.counters).stats.clone()
     }
 
+    /// Replaces the faults; a non-zero `outage_ms` starts an outage now.
     pub fn set_faults(&self, faults: Faults) {
-        *lock(&self.state.faults) = faults;
+        *lock(&self.state.faults) = faults.arm();
     }
 
     /// Later calls for this user answer 404 inexistent_user; false if unknown or already deleted.
@@ -145,9 +145,17 @@ impl Sim {
         testing::delete_user(&self.state, user_id)
     }
 
-    /// The merged profile of every (non-deleted) user, sorted by user_id.
+    /// The merged profile of every (non-deleted) user, sorted by user_id. Numbers that do not fit
+    /// i64/u64/f64 exactly are lossy here; [`Sim::truth_lines`] has the exact text.
     pub fn truth(&self) -> Vec<serde_json::Value> {
         testing::truth_all(&self.state)
+    }
+
+    /// Every (non-deleted) user's merged profile as one JSON text line, sorted by user_id: the
+    /// default-field export object exactly as in the export file (same key order, numbers and string
+    /// escapes), then `roles`, `authentication_methods`, `authenticators` and `enrollments`.
+    pub fn truth_lines(&self) -> Vec<String> {
+        testing::truth_lines(&self.state)
     }
 
     /// `(con_ id, name)` of every connection.

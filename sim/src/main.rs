@@ -31,9 +31,12 @@ struct Args {
     client_id: String,
     #[arg(long, env = "SIM_CLIENT_SECRET", default_value = "sim-secret")]
     client_secret: String,
-    /// Exact audience to require; by default any URL whose path is /api/v2/.
+    /// Exact audience to require; by default `http://{host}:{port}/api/v2/` (as reached: Host header).
     #[arg(long, env = "SIM_AUDIENCE")]
     audience: Option<String>,
+    /// Scopes of the client grant (space- or comma-separated); default the four the exporter needs.
+    #[arg(long, env = "SIM_SCOPES")]
+    scopes: Option<String>,
     #[arg(long, env = "SIM_TENANT", default_value = "sim-tenant")]
     tenant: String,
     #[arg(long, env = "SIM_TOKEN_TTL_SECS", default_value_t = 86_400)]
@@ -56,6 +59,18 @@ struct Args {
     /// The next N downloads answer 403 as if expired.
     #[arg(long, env = "SIM_EXPIRE_DOWNLOADS", default_value_t = 0)]
     expire_downloads: u32,
+    /// The next N export jobs end `failed`.
+    #[arg(long, env = "SIM_FAIL_JOBS", default_value_t = 0)]
+    fail_jobs: u32,
+    /// The next N export jobs end `expired`.
+    #[arg(long, env = "SIM_EXPIRE_JOBS", default_value_t = 0)]
+    expire_jobs: u32,
+    /// The next N /api/v2 calls answer 503.
+    #[arg(long, env = "SIM_FAIL_NEXT_CALLS", default_value_t = 0)]
+    fail_next_calls: u32,
+    /// Every /api/v2 call answers 503 for this many ms after start.
+    #[arg(long, env = "SIM_OUTAGE_MS", default_value_t = 0)]
+    outage_ms: u64,
 }
 
 fn parse_latency(s: &str) -> Result<(u64, u64), String> {
@@ -89,6 +104,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         client_id: a.client_id,
         client_secret: a.client_secret,
         audience: a.audience,
+        scopes: match a.scopes {
+            Some(s) => s.split([' ', ',']).filter(|x| !x.is_empty()).map(str::to_string).collect(),
+            None => Config::default().scopes,
+        },
         tenant: a.tenant,
         token_ttl: Duration::from_secs(a.token_ttl_secs),
         link_ttl: Duration::from_secs(a.link_ttl_secs),
@@ -100,6 +119,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             latency_max_ms,
             cut_downloads: a.cut_downloads,
             expire_downloads: a.expire_downloads,
+            fail_jobs: a.fail_jobs,
+            expire_jobs: a.expire_jobs,
+            fail_next_calls: a.fail_next_calls,
+            outage_ms: a.outage_ms,
+            outage_until_ms: 0,
         },
     };
     let addr: SocketAddr = format!("{}:{}", a.host, a.port).parse()?;

@@ -1,6 +1,6 @@
 //! Test-only endpoints under /__sim (stats, faults, deletions, truth) and the counters behind them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,12 +10,13 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::jobs::{default_fields, lookup};
+use crate::jobs::{default_fields, export_pairs, write_object};
 use crate::{data, lock, AppState, Faults};
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Stats {
     /// Every /api/v2 request received (including those answered 429 or faulted).
     pub api_calls: u64,
@@ -28,6 +29,8 @@ pub struct Stats {
     pub jobs_created: u64,
     /// Max /api/v2 requests served (not 429) within any sliding 1 s window.
     pub peak_per_second: u64,
+    /// Per-user calls (`/api/v2/users/{id}...`) for an (endpoint, user) already answered 200 before.
+    pub repeated_user_calls: u64,
 }
 
 #[derive(Default)]
@@ -35,12 +38,24 @@ pub struct Counters {
     pub stats: Stats,
     /// Times of served requests in the last second.
     window: VecDeque<Instant>,
+    /// `"GET /api/v2/users/{id}/roles auth0|x"` keys answered 200.
+    user_ok: HashSet<String>,
 }
 
 impl Counters {
     pub fn count_api(&mut self, key: String) {
         self.stats.api_calls += 1;
         *self.stats.by_endpoint.entry(key).or_default() += 1;
+    }
+
+    pub fn count_user_call(&mut self, key: &str) {
+        if self.user_ok.contains(key) {
+            self.stats.repeated_user_calls += 1;
+        }
+    }
+
+    pub fn record_user_ok(&mut self, key: String) {
+        self.user_ok.insert(key);
     }
 
     pub fn record_served(&mut self) {
@@ -57,7 +72,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/__sim/stats", get(stats))
         .route("/__sim/stats/reset", post(reset_stats))
-        .route("/__sim/faults", post(set_faults))
+        .route("/__sim/faults", post(set_faults).get(get_faults))
         .route("/__sim/users/{id}/delete", post(delete))
         .route("/__sim/connections", get(connections))
         .route("/__sim/revoke-tokens", post(revoke))
@@ -75,8 +90,13 @@ async fn reset_stats(State(st): State<Arc<AppState>>) -> StatusCode {
 }
 
 async fn set_faults(State(st): State<Arc<AppState>>, Json(f): Json<Faults>) -> Json<Faults> {
+    let f = f.arm();
     *lock(&st.faults) = f.clone();
     Json(f)
+}
+
+async fn get_faults(State(st): State<Arc<AppState>>) -> Json<Faults> {
+    Json(lock(&st.faults).clone())
 }
 
 async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
@@ -100,7 +120,7 @@ async fn revoke(State(st): State<Arc<AppState>>) -> StatusCode {
 
 async fn truth_one(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match st.live_user(&id) {
-        Some(idx) => Json(truth_of(&st, idx)).into_response(),
+        Some(idx) => ([(header::CONTENT_TYPE, "application/json")], truth_line(&st, idx)).into_response(),
         None => crate::errors::user_not_found(),
     }
 }
@@ -120,7 +140,7 @@ async fn truth_ndjson(State(st): State<Arc<AppState>>) -> Response {
                 if st.is_deleted(*idx) {
                     continue;
                 }
-                let _ = serde_json::to_writer(&mut buf, &truth_of(&st, *idx));
+                buf.extend_from_slice(truth_line(&st, *idx).as_bytes());
                 buf.push(b'\n');
             }
             Some((Ok::<_, std::io::Error>(buf), end))
@@ -136,23 +156,36 @@ pub fn delete_user(st: &AppState, user_id: &str) -> bool {
     }
 }
 
-/// The default-field export object plus roles and every MFA view.
-pub fn truth_of(st: &AppState, idx: u32) -> Value {
-    let user = st.tenant.user(idx);
-    let mut m = Map::new();
-    for f in default_fields() {
-        if let Some(v) = lookup(&user, &f.path) {
-            m.insert(f.title, v.clone());
-        }
-    }
-    m.insert("roles".into(), json!(st.tenant.user_roles(idx)));
+/// The default-field export object exactly as in the export file, plus roles and every MFA view.
+pub fn truth_line(st: &AppState, idx: u32) -> String {
+    let user = st.tenant.user_raw(idx);
+    let fields = default_fields();
     let methods = st.tenant.auth_methods(idx);
-    m.insert("authenticators".into(), json!(data::authenticators(&methods)));
-    m.insert("enrollments".into(), json!(data::enrollments(&methods)));
-    m.insert("authentication_methods".into(), Value::Array(methods));
-    Value::Object(m)
+    let text = |v: Value| v.to_string();
+    let more = [
+        ("roles", text(json!(st.tenant.user_roles(idx)))),
+        ("authentication_methods", text(Value::Array(methods.clone()))),
+        ("authenticators", text(json!(data::authenticators(&methods)))),
+        ("enrollments", text(json!(data::enrollments(&methods)))),
+    ];
+    let mut out = Vec::new();
+    write_object(&mut out, &export_pairs(&user, &fields), &more);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Lossy view of a truth line (big numbers become floats).
+pub fn truth_of(st: &AppState, idx: u32) -> Value {
+    serde_json::from_str(&truth_line(st, idx)).unwrap_or(Value::Null)
+}
+
+fn live_sorted(st: &AppState) -> impl Iterator<Item = u32> + '_ {
+    st.tenant.sorted.iter().copied().filter(|idx| !st.is_deleted(*idx))
 }
 
 pub fn truth_all(st: &AppState) -> Vec<Value> {
-    st.tenant.sorted.iter().filter(|idx| !st.is_deleted(**idx)).map(|idx| truth_of(st, *idx)).collect()
+    live_sorted(st).map(|idx| truth_of(st, idx)).collect()
+}
+
+pub fn truth_lines(st: &AppState) -> Vec<String> {
+    live_sorted(st).map(|idx| truth_line(st, idx)).collect()
 }

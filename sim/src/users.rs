@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::jobs::write_object;
 use crate::paging::{self, Paging};
 use crate::{data, errors, AppState};
 
@@ -14,11 +16,36 @@ fn find(st: &AppState, id: &str) -> Result<u32, Response> {
     st.live_user(id).ok_or_else(errors::user_not_found)
 }
 
-pub async fn get_user(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match find(&st, &id) {
-        Ok(idx) => Json(st.tenant.user(idx)).into_response(),
-        Err(r) => r,
-    }
+/// The user object as exact JSON text; `fields` (comma-separated) with `include_fields` (default true)
+/// keeps only, or drops, those top-level fields.
+pub async fn get_user(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<paging::Query>,
+) -> Response {
+    let idx = match find(&st, &id) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let include = match paging::bool_param(
+        &q,
+        "include_fields",
+        "Whether specified fields are to be included (true) or excluded (false). Defaults to true.",
+    ) {
+        Ok(b) => b.unwrap_or(true),
+        Err(r) => return r,
+    };
+    let fields: Option<Vec<&str>> =
+        q.get("fields").filter(|f| !f.is_empty()).map(|f| f.split(',').map(str::trim).collect());
+    let user = st.tenant.user_raw(idx);
+    let pairs: Vec<(&str, &str)> = user
+        .iter()
+        .filter(|(k, _)| fields.as_ref().is_none_or(|f| f.contains(&k.as_str()) == include))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut out = Vec::new();
+    write_object(&mut out, &pairs, &[]);
+    ([(header::CONTENT_TYPE, "application/json; charset=utf-8")], out).into_response()
 }
 
 pub async fn roles(

@@ -7,8 +7,6 @@ use std::time::Duration;
 use auth0_sim::{Config, Faults, Sim};
 use serde_json::{json, Value};
 
-const AUD: &str = "https://sim.example/api/v2/";
-
 async fn start(cfg: Config) -> Sim {
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     Sim::start(cfg, addr).await.unwrap()
@@ -31,7 +29,7 @@ async fn token(c: &reqwest::Client, base: &str) -> String {
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!(
             "grant_type=client_credentials&client_id=sim-client&client_secret=sim-secret&audience={}",
-            AUD.replace(':', "%3A").replace('/', "%2F")
+            format!("{base}/api/v2/").replace(':', "%3A").replace('/', "%2F")
         ))
         .send()
         .await
@@ -91,27 +89,31 @@ async fn token_errors() {
     let sim = start(fast(10)).await;
     let c = reqwest::Client::new();
     let url = format!("{}/oauth/token", sim.base_url());
+    let aud_ok = format!("{}/api/v2/", sim.base_url());
+    let aud_ok = aud_ok.as_str();
     let post = |body: Value| c.post(&url).json(&body).send();
     let r = post(
-        json!({"grant_type": "password", "client_id": "sim-client", "client_secret": "sim-secret", "audience": AUD}),
+        json!({"grant_type": "password", "client_id": "sim-client", "client_secret": "sim-secret", "audience": aud_ok}),
     )
     .await
     .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "unsupported_grant_type");
-    let r = post(json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "nope", "audience": AUD})).await.unwrap();
+    let r = post(json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "nope", "audience": aud_ok})).await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
         json!({"error": "access_denied", "error_description": "Unauthorized"})
     );
-    let aud = "https://sim.example/api/v2/jobs/users-exports";
-    let r = post(json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "sim-secret", "audience": aud})).await.unwrap();
-    assert_eq!(r.status(), 403);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"], "access_denied");
-    assert_eq!(v["error_description"], format!("Service not enabled within domain: {aud}"));
-    let r = post(json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "sim-secret", "audience": AUD})).await.unwrap();
+    let wrong = format!("{}/api/v2/jobs/users-exports", sim.base_url());
+    for aud in [wrong.as_str(), "https://sim.example/api/v2/", aud_ok.trim_end_matches('/')] {
+        let r = post(json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "sim-secret", "audience": aud})).await.unwrap();
+        assert_eq!(r.status(), 403);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "access_denied");
+        assert_eq!(v["error_description"], format!("Service not enabled within domain: {aud}"));
+    }
+    let r = post(json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "sim-secret", "audience": aud_ok})).await.unwrap();
     assert_eq!(r.status(), 200);
     let tok = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
 
@@ -125,7 +127,7 @@ async fn token_errors() {
     assert_eq!(get(&c, &tok, roles.clone()).await.0, 200);
     sim.revoke_tokens();
     assert_eq!(get(&c, &tok, roles.clone()).await.1["message"], "Invalid token");
-    assert_eq!(sim.stats().token_requests, 4);
+    assert_eq!(sim.stats().token_requests, 6);
 }
 
 #[tokio::test]
