@@ -127,7 +127,8 @@ fn long_string(rng: &mut Rng) -> String {
     const PIECES: [&str; 6] = ["lorem ipsum ", "\"quoted\" ", "back\\slash ", "é ", "😀 ", "\n"];
     let mut s = String::with_capacity(LONG_LEN + 8);
     while s.len() < LONG_LEN {
-        s.push_str(*rng.pick(&PIECES));
+        let piece = PIECES[rng.below(PIECES.len() as u64) as usize];
+        s.push_str(piece);
     }
     while s.len() > LONG_LEN {
         s.pop();

@@ -442,3 +442,312 @@ async fn user_endpoints_match_truth() {
     assert_eq!(s, 404);
     assert_eq!(v["statusCode"], 404);
 }
+
+/// Top-level `(key, exact JSON text)` pairs of a JSON object line.
+fn raw_pairs(line: &str) -> std::collections::BTreeMap<String, String> {
+    let m: std::collections::BTreeMap<String, &serde_json::value::RawValue> = serde_json::from_str(line).unwrap();
+    m.into_iter().map(|(k, v)| (k, v.get().to_string())).collect()
+}
+
+const NASTY_KEYS: [&str; 14] = [
+    r#""path_win":"#,
+    r#""quote_slash":"#,
+    r#""emoji_escaped":"#,
+    r#""lone_looking":"#,
+    r#""separators":"#,
+    r#""separators_raw":"#,
+    r#""controls":"#,
+    r#""numbers":"#,
+    r#""big_id":"#,
+    r#""ratio":"#,
+    r#""case":"#,
+    r#""we\"ird\\key\/":"#,
+    r#""caf\u00e9":"#,
+    r#""":"#,
+];
+
+#[tokio::test]
+async fn nasty_json_export_equals_truth_text() {
+    let sim = start(fast(300)).await;
+    let c = reqwest::Client::new();
+    let base = sim.base_url();
+    let tok = token(&c, &base).await;
+    let raw = String::from_utf8(export(&c, &sim, &tok, json!({"format": "json"})).await).unwrap();
+    let lines: Vec<&str> = raw.split('\n').filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 300);
+    let truth = sim.truth_lines();
+    assert_eq!(truth.len(), 300);
+
+    // Every line parses; the export line is exactly the truth line minus the enrichment keys.
+    let mut by_id = std::collections::HashMap::new();
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let id = v["user_id"].as_str().unwrap().to_string();
+        assert!(!id.contains('\0') && !v["email"].as_str().unwrap_or("").contains('\0'));
+        by_id.insert(id, *l);
+    }
+    let lossy = sim.truth();
+    for (t, tv) in truth.iter().zip(&lossy) {
+        let tv2: Value = serde_json::from_str(t).unwrap();
+        assert_eq!(&tv2, tv);
+        let id = tv["user_id"].as_str().unwrap();
+        let line = by_id[id];
+        assert!(t.starts_with(&line[..line.len() - 1]), "truth line must extend the export line");
+        let mut tp = raw_pairs(t);
+        for k in ["roles", "authentication_methods", "authenticators", "enrollments"] {
+            assert!(tp.remove(k).is_some(), "{k}");
+        }
+        assert_eq!(raw_pairs(line), tp);
+    }
+
+    // The nasty shapes are there.
+    for needle in [
+        r#"\\u0000"#,
+        r#""before\u0000after""#,
+        r#"\/"#,
+        r#"\""#,
+        r#"\\"#,
+        r#"\ud83d\ude00"#,
+        r#"\\ud800"#,
+        r#"\u2028"#,
+        "\u{2028}",
+        "\u{2029}",
+        r#"\b\f\n\r\t\u001f"#,
+        "123456789012345678901234567890",
+        "18446744073709551616",
+        "-9007199254740993",
+        ",-0,",
+        "1.5e300",
+        "6.02214076E23",
+        "1E-7",
+        "0.1000000000000000055511151231257827",
+        r#""":"empty key""#,
+        r#""Key":"upper","key":"lower""#,
+        r#"\u00e9"#,
+        &"[{\"d\":".repeat(32),
+    ] {
+        assert!(raw.contains(needle), "missing {needle}");
+    }
+    let nul_users = lines.iter().filter(|l| l.contains(r#"\u0000after"#)).count();
+    assert_eq!(nul_users, 6);
+    let long = lines.iter().filter(|l| l.len() > 64 * 1024).count();
+    assert!((1..=3).contains(&long), "{long} users with a 64 KiB string");
+    let nasty_count = |l: &str| NASTY_KEYS.iter().filter(|k| l.contains(*k)).count();
+    assert!(lines.iter().all(|l| nasty_count(l) >= 1), "every user holds some nasty JSON");
+    assert!(lines.iter().filter(|l| nasty_count(l) >= 2).count() > 150, "most users hold several");
+    assert!(lines.iter().any(|l| l.contains(r#""name":"#) && raw_pairs(l)["name"].contains("\\u00")));
+    let v: Value = serde_json::from_str(lines.iter().find(|l| l.contains(r#"\u0000after"#)).unwrap()).unwrap();
+    assert_eq!(v["user_metadata"]["nul"], "before\u{0}after");
+
+    // /__sim/truth serves the same lines.
+    let served = c.get(format!("{base}/__sim/truth")).send().await.unwrap().text().await.unwrap();
+    let served: Vec<&str> = served.split('\n').filter(|l| !l.is_empty()).collect();
+    assert_eq!(served, truth.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // GET /users/{id}: exact text, fields / include_fields.
+    let t = truth.iter().find(|t| t.contains("123456789012345678901234567890")).unwrap();
+    let tp = raw_pairs(t);
+    let id = enc(serde_json::from_str::<String>(&tp["user_id"]).unwrap().as_str());
+    let user = c.get(format!("{base}/api/v2/users/{id}")).bearer_auth(&tok).send().await.unwrap().text().await.unwrap();
+    let up = raw_pairs(&user);
+    for (k, v) in &up {
+        if let Some(tv) = tp.get(k) {
+            assert_eq!(v, tv, "{k}");
+        }
+    }
+    let some = c
+        .get(format!("{base}/api/v2/users/{id}?fields=user_id,app_metadata,user_metadata&include_fields=true"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sp = raw_pairs(&some);
+    assert!(sp.keys().all(|k| ["user_id", "app_metadata", "user_metadata"].contains(&k.as_str())), "{some}");
+    assert_eq!(sp["user_id"], tp["user_id"]);
+    let rest = c
+        .get(format!("{base}/api/v2/users/{id}?fields=app_metadata,user_metadata&include_fields=false"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rp = raw_pairs(&rest);
+    assert!(!rp.contains_key("app_metadata") && !rp.contains_key("user_metadata"));
+    assert_eq!(rp.len() + sp.len() - 1, up.len());
+
+    // CSV keeps numbers verbatim.
+    let csv = export(
+        &c,
+        &sim,
+        &tok,
+        json!({"format": "csv", "fields": [{"name": "user_id"}, {"name": "app_metadata.big_id"}, {"name": "user_metadata.big_id"}]}),
+    )
+    .await;
+    let csv = String::from_utf8(csv).unwrap();
+    assert!(csv.contains(",123456789012345678901234567890"), "{}", &csv[..200]);
+}
+
+#[tokio::test]
+async fn enrollments_parse_in_the_sdks() {
+    let sim = start(fast(500)).await;
+    let mut seen = 0;
+    for t in sim.truth() {
+        for e in t["enrollments"].as_array().unwrap() {
+            seen += 1;
+            for (k, v) in e.as_object().unwrap() {
+                assert!(!v.is_null(), "{k} null in {e}");
+                assert!(v != "", "{k} empty in {e}");
+            }
+        }
+    }
+    assert!(seen > 10);
+}
+
+#[tokio::test]
+async fn job_faults_and_outages() {
+    let sim = start(fast(20)).await;
+    let c = reqwest::Client::new();
+    let base = sim.base_url();
+    let tok = token(&c, &base).await;
+    sim.set_faults(Faults { fail_jobs: 1, expire_jobs: 1, ..Faults::default() });
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = c
+            .post(format!("{base}/api/v2/jobs/users-exports"))
+            .bearer_auth(&tok)
+            .json(&json!({"format": "json"}))
+            .send()
+            .await
+            .unwrap();
+        ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let mut statuses = Vec::new();
+    for id in &ids {
+        let (s, j) = get(&c, &tok, format!("{base}/api/v2/jobs/{id}")).await;
+        assert_eq!(s, 200);
+        assert_eq!(j["type"], "users_export");
+        assert_eq!(j["id"], id.as_str());
+        if j["status"] != "completed" {
+            assert!(j.get("location").is_none(), "{j}");
+        }
+        statuses.push(j["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(statuses, ["failed", "expired", "completed"]);
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/jobs/job_AAAAAAAAAAAAAAAA")).await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        v,
+        json!({"statusCode": 404, "error": "Not Found", "message": "The job does not exist.", "errorCode": "inexistent_job"})
+    );
+
+    // The next N calls fail, then an outage for a while.
+    sim.set_faults(Faults { fail_next_calls: 2, ..Faults::default() });
+    let roles = format!("{base}/api/v2/roles");
+    for _ in 0..2 {
+        let (s, v) = get(&c, &tok, roles.clone()).await;
+        assert_eq!(s, 503);
+        assert_eq!(v["statusCode"], 503);
+        assert_eq!(v["error"], "Service Unavailable");
+    }
+    assert_eq!(get(&c, &tok, roles.clone()).await.0, 200);
+    let r = c
+        .post(format!("{base}/__sim/faults"))
+        .json(&json!({"outage_ms": 400}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(r["outage_ms"], 0);
+    assert!(r["outage_until_ms"].as_u64().unwrap() > 0);
+    assert_eq!(get(&c, &tok, roles.clone()).await.0, 503);
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/jobs/{}", ids[2])).await.0, 503);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(get(&c, &tok, roles.clone()).await.0, 200);
+    assert_eq!(sim.stats().faults_injected, 4);
+}
+
+#[tokio::test]
+async fn repeated_user_calls_are_counted() {
+    let sim = start(fast(20)).await;
+    let c = reqwest::Client::new();
+    let base = sim.base_url();
+    let tok = token(&c, &base).await;
+    let truth = sim.truth();
+    let a = enc(truth[0]["user_id"].as_str().unwrap());
+    let b = enc(truth[1]["user_id"].as_str().unwrap());
+    for url in [
+        format!("{base}/api/v2/users/{a}/roles"),
+        format!("{base}/api/v2/users/{a}/enrollments"),
+        format!("{base}/api/v2/users/{b}/roles"),
+        format!("{base}/api/v2/users/auth0%7Cnope/roles"),
+        format!("{base}/api/v2/users/auth0%7Cnope/roles"),
+        format!("{base}/api/v2/roles"),
+        format!("{base}/api/v2/roles"),
+    ] {
+        get(&c, &tok, url).await;
+    }
+    assert_eq!(sim.stats().repeated_user_calls, 0);
+    get(&c, &tok, format!("{base}/api/v2/users/{a}/roles")).await;
+    // The same user spelled with a raw `|` is the same user.
+    get(&c, &tok, format!("{base}/api/v2/users/{}/roles", truth[0]["user_id"].as_str().unwrap().replace('|', "%7c")))
+        .await;
+    assert_eq!(sim.stats().repeated_user_calls, 2);
+    assert_eq!(c.post(format!("{base}/__sim/stats/reset")).send().await.unwrap().status(), 204);
+    get(&c, &tok, format!("{base}/api/v2/users/{a}/roles")).await;
+    assert_eq!(sim.stats().repeated_user_calls, 0);
+}
+
+#[tokio::test]
+async fn scopes_are_enforced() {
+    let cfg = Config { scopes: vec!["read:users".into(), "read:roles".into()], ..fast(20) };
+    let sim = start(cfg).await;
+    let c = reqwest::Client::new();
+    let base = sim.base_url();
+    let r = c
+        .post(format!("{base}/oauth/token"))
+        .json(&json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "sim-secret", "audience": format!("{base}/api/v2/")}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["scope"], "read:users read:roles");
+    let tok = v["access_token"].as_str().unwrap().to_string();
+    let (_, roles) = get(&c, &tok, format!("{base}/api/v2/roles")).await;
+    let role = roles[0]["id"].as_str().unwrap();
+    let user = enc(sim.truth()[0]["user_id"].as_str().unwrap());
+    let denied = |scope: &str| json!({"statusCode": 403, "error": "Forbidden", "message": format!("Insufficient scope, expected any of: {scope}"), "errorCode": "insufficient_scope"});
+    assert_eq!(
+        get(&c, &tok, format!("{base}/api/v2/roles/{role}/users?take=10")).await,
+        (403, denied("read:role_members"))
+    );
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/users/{user}/roles")).await, (403, denied("read:role_members")));
+    assert_eq!(
+        get(&c, &tok, format!("{base}/api/v2/users/{user}/authentication-methods")).await,
+        (403, denied("read:authentication_methods"))
+    );
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/users/{user}/enrollments")).await.0, 200);
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/users/{user}")).await.0, 200);
+
+    let sim = start(Config { scopes: vec!["read:roles".into()], ..fast(5) }).await;
+    let base = sim.base_url();
+    let tok = token(&c, &base).await;
+    let r = c
+        .post(format!("{base}/api/v2/jobs/users-exports"))
+        .bearer_auth(&tok)
+        .json(&json!({"format": "json"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap(), denied("read:users"));
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/jobs/job_AAAAAAAAAAAAAAAA")).await;
+    assert_eq!((s, v), (403, denied("create:users,read:users")));
+}
