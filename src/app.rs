@@ -66,11 +66,13 @@ impl Application {
                     .with_context(|| format!("binding LISTEN_ADDR {}", settings.listen_addr))?,
             ),
         };
-        let workers = (role != Role::Api).then(|| Workers {
-            pool: pool.clone(),
-            tenants: tenants.clone(),
-            settings: settings.worker.clone(),
-            worker_id: format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple()),
+        let workers = (role != Role::Api).then(|| {
+            Workers::new(
+                pool.clone(),
+                tenants.clone(),
+                settings.worker.clone(),
+                format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple()),
+            )
         });
         let state = AppState {
             pool,
@@ -139,7 +141,8 @@ impl Application {
 
 fn pool_size(settings: &Settings) -> u32 {
     // Each worker holds at most a couple of short-lived connections; the API shares the rest.
-    (settings.worker.concurrency as u32 * 4 + 10).min(100)
+    // Each worker holds its claiming session plus a few short-lived connections; the API shares the rest.
+    (settings.worker.concurrency as u32 * 5 + 10).min(100)
 }
 
 fn hostname() -> String {

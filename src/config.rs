@@ -58,6 +58,11 @@ impl WorkerSettings {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
     }
+    /// How long a stopping stage may spend storing what it received: the grace period, less a
+    /// second for giving the lease back.
+    pub fn drain_budget(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs.saturating_sub(1).max(1))
+    }
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@ pub mod auth0;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod document;
 pub mod http;
 pub mod model;
 pub mod pipeline;

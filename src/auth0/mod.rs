@@ -18,6 +18,7 @@ use reqwest::{Method, StatusCode, Url};
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::TenantConfig;
 use limiter::{RateLimitHeaders, RateLimiter};
@@ -37,17 +38,46 @@ pub enum Auth0Error {
     Permanent { status: u16, message: String },
     #[error("rate limiter database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The stage was asked to stop before this call was sent; nothing was paid for.
+    #[error("stopped before the call was sent")]
+    Stopped,
 }
 
-/// Calls, 429s and retries spent on one export, flushed into its row by the stage.
+/// Calls, 429s and retries, as written into an export's row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    pub calls: i64,
+    pub rate_limited: i64,
+    pub retries: i64,
+}
+
+impl CallCounts {
+    pub fn is_zero(&self) -> bool {
+        *self == CallCounts::default()
+    }
+
+    pub fn add(&mut self, other: CallCounts) {
+        self.calls += other.calls;
+        self.rate_limited += other.rate_limited;
+        self.retries += other.retries;
+    }
+}
+
+/// Calls, 429s and retries spent on one stage run, flushed into its export's row, and the stop
+/// signal its calls obey.
 #[derive(Debug, Default)]
 pub struct CallStats {
     api_calls: AtomicU64,
     rate_limited: AtomicU64,
     retries: AtomicU64,
+    /// Once fired, calls not yet sent return [`Auth0Error::Stopped`] instead of waiting.
+    stop: CancellationToken,
 }
 
 impl CallStats {
+    pub fn new(stop: CancellationToken) -> CallStats {
+        CallStats { stop, ..Default::default() }
+    }
     pub fn record_call(&self) {
         self.api_calls.fetch_add(1, Ordering::Relaxed);
     }
@@ -58,13 +88,19 @@ impl CallStats {
     pub fn record_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
-    /// Returns and resets (calls, rate_limited, retries).
-    pub fn take(&self) -> (i64, i64, i64) {
-        (
-            self.api_calls.swap(0, Ordering::Relaxed) as i64,
-            self.rate_limited.swap(0, Ordering::Relaxed) as i64,
-            self.retries.swap(0, Ordering::Relaxed) as i64,
-        )
+    /// Returns and resets the counts.
+    pub fn take(&self) -> CallCounts {
+        CallCounts {
+            calls: self.api_calls.swap(0, Ordering::Relaxed) as i64,
+            rate_limited: self.rate_limited.swap(0, Ordering::Relaxed) as i64,
+            retries: self.retries.swap(0, Ordering::Relaxed) as i64,
+        }
+    }
+    /// Puts counts back whose write failed, so the next flush carries them.
+    pub fn add(&self, c: CallCounts) {
+        self.api_calls.fetch_add(c.calls as u64, Ordering::Relaxed);
+        self.rate_limited.fetch_add(c.rate_limited as u64, Ordering::Relaxed);
+        self.retries.fetch_add(c.retries as u64, Ordering::Relaxed);
     }
 }
 
@@ -225,7 +261,11 @@ impl Auth0Client {
         let mut backoff = transient_backoff();
         let mut refreshed_token = false;
         loop {
-            self.limiter.acquire().await?;
+            // Waiting for a slot is free: a stage asked to stop gives up here, never mid-request.
+            tokio::select! {
+                acquired = self.limiter.acquire() => { acquired?; }
+                _ = stats.stop.cancelled() => return Err(Auth0Error::Stopped),
+            }
             let token = self.token.get(&self.http, &self.tenant, stats).await?;
             let mut request = self.http.request(method.clone(), url.clone()).bearer_auth(token.expose_secret());
             if let Some(body) = body {
@@ -234,7 +274,10 @@ impl Auth0Client {
             let sent = request.send().await;
             stats.record_call();
             let failure = match sent {
-                Err(e) => describe_reqwest(&e),
+                Err(e) => {
+                    metrics::counter!("exporter_auth0_network_errors_total", "endpoint" => endpoint).increment(1);
+                    describe_reqwest(&e)
+                }
                 Ok(resp) => {
                     let status = resp.status();
                     record_request_metric(endpoint, status.as_u16());
@@ -275,7 +318,10 @@ impl Auth0Client {
                 Some(delay) => {
                     stats.record_retry();
                     tracing::warn!(endpoint, error = %failure, ?delay, "retrying Auth0 call");
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stats.stop.cancelled() => return Err(Auth0Error::Stopped),
+                    }
                 }
                 None => return Err(Auth0Error::Transient(failure)),
             }

@@ -121,8 +121,15 @@ impl ErrorBody {
         serde_json::from_str(body).unwrap_or_default()
     }
 
-    /// A sentence for people: the message, else the description, else the code.
+    /// A sentence for people: the message, else the description, else the code. A missing scope
+    /// says what to grant, since that is the one fix.
     pub fn summary(&self) -> String {
+        if self.error_code.as_deref() == Some("insufficient_scope") {
+            return format!(
+                "{} (errorCode insufficient_scope: grant the missing scope to this application in the Auth0 dashboard, APIs > Auth0 Management API > Machine to Machine Applications)",
+                self.message.as_deref().unwrap_or("Insufficient scope")
+            );
+        }
         self.message
             .clone()
             .or_else(|| self.error_description.clone())
@@ -161,5 +168,15 @@ mod tests {
             "Unauthorized"
         );
         assert_eq!(ErrorBody::parse("<html>").summary(), "no error body");
+        let scope = ErrorBody::parse(
+            r#"{"statusCode":403,"error":"Forbidden","message":"Insufficient scope, expected any of: read:role_members","errorCode":"insufficient_scope"}"#,
+        )
+        .summary();
+        assert!(
+            scope.starts_with(
+                "Insufficient scope, expected any of: read:role_members (errorCode insufficient_scope: grant"
+            ),
+            "{scope}"
+        );
     }
 }

@@ -1,19 +1,96 @@
 //! The `exports` table: creation (idempotent), reads, listing, cancellation and counters.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{types::Json, FromRow, PgConnection, PgPool, Row};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{model::ExportRequest, queue};
+use crate::{auth0::CallCounts, model::ExportRequest, queue};
+
+/// An export's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, ToSchema)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum ExportStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl ExportStatus {
+    pub const ALL: [ExportStatus; 5] = [
+        ExportStatus::Queued,
+        ExportStatus::Running,
+        ExportStatus::Completed,
+        ExportStatus::Failed,
+        ExportStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportStatus::Queued => "queued",
+            ExportStatus::Running => "running",
+            ExportStatus::Completed => "completed",
+            ExportStatus::Failed => "failed",
+            ExportStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ExportStatus> {
+        ExportStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, ExportStatus::Completed | ExportStatus::Failed | ExportStatus::Cancelled)
+    }
+}
+
+/// The pipeline stage an export is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, ToSchema)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Queued,
+    CreatingJob,
+    WaitingForJob,
+    Downloading,
+    Enriching,
+    Finished,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Queued => "queued",
+            Stage::CreatingJob => "creating_job",
+            Stage::WaitingForJob => "waiting_for_job",
+            Stage::Downloading => "downloading",
+            Stage::Enriching => "enriching",
+            Stage::Finished => "finished",
+        }
+    }
+}
+
+/// How an export fetches roles: by enumerating each role's members, or one call per user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, ToSchema)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum RolesStrategy {
+    ByRole,
+    PerUser,
+}
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct ExportRow {
     pub id: Uuid,
     pub tenant: String,
     pub request: Json<ExportRequest>,
-    pub status: String,
-    pub stage: String,
+    pub status: ExportStatus,
+    pub stage: Stage,
     pub auth0_job_id: Option<String>,
     pub auth0_jobs_created: i32,
     pub job_percent_done: Option<i32>,
@@ -23,8 +100,9 @@ pub struct ExportRow {
     pub api_calls: i64,
     pub rate_limited: i64,
     pub retries: i64,
-    pub roles_strategy: Option<String>,
+    pub roles_strategy: Option<RolesStrategy>,
     pub roles_fetched: bool,
+    pub roles_folded_after: Option<String>,
     pub error: Option<Json<Value>>,
     pub cancel_requested: bool,
     pub created_at: DateTime<Utc>,
@@ -35,13 +113,13 @@ pub struct ExportRow {
 
 const COLUMNS: &str = "id, tenant, request, status, stage, auth0_job_id, auth0_jobs_created, job_percent_done,
     users_total, users_downloaded, users_enriched, api_calls, rate_limited, retries, roles_strategy, roles_fetched,
-    error, cancel_requested, created_at, started_at, finished_at, enrich_started_at";
+    roles_folded_after, error, cancel_requested, created_at, started_at, finished_at, enrich_started_at";
 
 pub enum Created {
     New(ExportRow),
     /// Same idempotency key and same body: the export made the first time.
     Existing(ExportRow),
-    /// Same idempotency key, another body.
+    /// Same idempotency key, another body (or another tenant).
     Conflict(ExportRow),
 }
 
@@ -72,12 +150,11 @@ pub async fn create(
         return Ok(Created::New(row));
     }
     tx.rollback().await?;
-    let row =
-        sqlx::query(&format!("SELECT {COLUMNS}, request_hash FROM exports WHERE tenant = $1 AND idempotency_key = $2"))
-            .bind(&request.tenant)
-            .bind(idempotency_key)
-            .fetch_one(pool)
-            .await?;
+    // The key is unique across tenants, so it is looked up alone; another tenant's use conflicts.
+    let row = sqlx::query(&format!("SELECT {COLUMNS}, request_hash FROM exports WHERE idempotency_key = $1"))
+        .bind(idempotency_key)
+        .fetch_one(pool)
+        .await?;
     let hash: String = row.try_get("request_hash")?;
     let existing = ExportRow::from_row(&row)?;
     Ok(if hash == request_hash { Created::Existing(existing) } else { Created::Conflict(existing) })
@@ -90,14 +167,14 @@ pub async fn get(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<ExportRow>> {
 /// Newest first, keyset on the time-ordered id; `limit + 1` rows tell whether a next page exists.
 pub async fn list(
     pool: &PgPool,
-    status: Option<&str>,
+    status: Option<ExportStatus>,
     tenant: Option<&str>,
     before: Option<Uuid>,
     limit: i64,
 ) -> sqlx::Result<Vec<ExportRow>> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM exports
-          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR tenant = $2)
+          WHERE ($1::text IS NULL OR status = $1::text) AND ($2::text IS NULL OR tenant = $2)
             AND ($3::uuid IS NULL OR id < $3)
           ORDER BY id DESC LIMIT $4"
     ))
@@ -123,7 +200,7 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> sqlx::Result<Cancelled> {
         .fetch_optional(&mut *tx)
         .await?;
     let Some(row) = row else { return Ok(Cancelled::NotFound) };
-    if matches!(row.status.as_str(), "completed" | "failed" | "cancelled") {
+    if row.status.is_final() {
         return Ok(Cancelled::AlreadyFinished(row));
     }
     let running = queue::cancel_idle_jobs(&mut tx, id).await?;
@@ -138,19 +215,15 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> sqlx::Result<Cancelled> {
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    if row.status == "cancelled" {
+    if row.status == ExportStatus::Cancelled {
         metrics::counter!("exporter_exports_total", "status" => "cancelled").increment(1);
     }
     Ok(Cancelled::Done(row))
 }
 
 /// Adds a stage's Auth0 call accounting to the export.
-pub async fn add_call_stats(
-    conn: &mut PgConnection,
-    id: Uuid,
-    (calls, limited, retries): (i64, i64, i64),
-) -> sqlx::Result<()> {
-    if calls == 0 && limited == 0 && retries == 0 {
+pub async fn add_call_stats(conn: &mut PgConnection, id: Uuid, counts: CallCounts) -> sqlx::Result<()> {
+    if counts.is_zero() {
         return Ok(());
     }
     sqlx::query(
@@ -158,9 +231,9 @@ pub async fn add_call_stats(
           WHERE id = $1",
     )
     .bind(id)
-    .bind(calls)
-    .bind(limited)
-    .bind(retries)
+    .bind(counts.calls)
+    .bind(counts.rate_limited)
+    .bind(counts.retries)
     .execute(conn)
     .await?;
     Ok(())
@@ -189,6 +262,158 @@ pub async fn add_progress(conn: &mut PgConnection, id: Uuid, counter: Counter, n
 }
 
 /// Current number of exports per status, for the `exporter_exports` gauge.
-pub async fn count_by_status(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
+pub async fn count_by_status(pool: &PgPool) -> sqlx::Result<Vec<(ExportStatus, i64)>> {
     sqlx::query_as("SELECT status, count(*) FROM exports GROUP BY status").fetch_all(pool).await
+}
+
+/// Locks the export row while it still downloads Auth0 job `job_id`; false once the job was replaced.
+pub async fn lock_for_auth0_job(conn: &mut PgConnection, id: Uuid, job_id: &str) -> sqlx::Result<bool> {
+    let held: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM exports WHERE id = $1 AND auth0_job_id = $2 FOR UPDATE")
+            .bind(id)
+            .bind(job_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(held.is_some())
+}
+
+/// Records the stored file's user count once the download is complete; returns it.
+#[tracing::instrument(skip(pool))]
+pub async fn set_downloaded(pool: &PgPool, id: Uuid) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "UPDATE exports SET users_total = c.n, users_downloaded = c.n
+           FROM (SELECT count(*) AS n FROM profiles WHERE export_id = $1) c
+          WHERE id = $1 RETURNING c.n",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+}
+
+/// Counts the final result; the export is marked completed by the runner.
+pub async fn set_total(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE exports SET users_total = (SELECT count(*) FROM profiles WHERE export_id = $1) WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Stores the Auth0 job just created, only while `job` (the creating attempt) still holds its lease.
+pub async fn store_auth0_job(
+    pool: &PgPool,
+    id: Uuid,
+    auth0_job_id: &str,
+    job: &crate::queue::Job,
+) -> sqlx::Result<bool> {
+    let stored = sqlx::query(
+        "UPDATE exports SET auth0_job_id = $2, auth0_jobs_created = auth0_jobs_created + 1, job_percent_done = 0
+          WHERE id = $1 AND auth0_job_id IS NULL
+            AND EXISTS (SELECT 1 FROM queue_jobs WHERE id = $3 AND attempt = $4 AND state = 'running')",
+    )
+    .bind(id)
+    .bind(auth0_job_id)
+    .bind(job.id)
+    .bind(job.attempt)
+    .execute(pool)
+    .await?;
+    Ok(stored.rows_affected() == 1)
+}
+
+/// Forgets a dead Auth0 job and everything downloaded from it, in the caller's fenced transaction.
+pub async fn forget_auth0_job(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM profiles WHERE export_id = $1").bind(id).execute(&mut *conn).await?;
+    sqlx::query("UPDATE exports SET auth0_job_id = NULL, users_downloaded = 0, job_percent_done = NULL WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Keeps the last known figure when Auth0 omits `percentage_done`.
+pub async fn set_job_percent_done(pool: &PgPool, id: Uuid, percent: Option<i32>) -> sqlx::Result<()> {
+    sqlx::query("UPDATE exports SET job_percent_done = COALESCE($2, job_percent_done) WHERE id = $1")
+        .bind(id)
+        .bind(percent)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+pub async fn set_roles_strategy(pool: &PgPool, id: Uuid, strategy: RolesStrategy) -> sqlx::Result<()> {
+    sqlx::query("UPDATE exports SET roles_strategy = $2 WHERE id = $1")
+        .bind(id)
+        .bind(strategy)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Marks the export running in `stage`; `None` when it is finished or cancelled.
+#[tracing::instrument(skip(pool))]
+pub async fn start_stage(pool: &PgPool, id: Uuid, stage: Stage) -> sqlx::Result<Option<ExportRow>> {
+    sqlx::query_as(&format!(
+        "UPDATE exports SET status = 'running', started_at = COALESCE(started_at, now()),
+                stage_started_at = CASE WHEN stage = $2 AND stage_started_at IS NOT NULL THEN stage_started_at ELSE now() END,
+                stage = $2,
+                enrich_started_at = CASE WHEN $2 = 'enriching' THEN COALESCE(enrich_started_at, now()) ELSE enrich_started_at END
+          WHERE id = $1 AND status IN ('queued', 'running') AND NOT cancel_requested
+      RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(stage)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Moves the export to `stage` (and `status`) in the caller's transaction; returns the seconds
+/// the previous stage took when the stage changed.
+pub async fn move_to_stage(
+    conn: &mut PgConnection,
+    id: Uuid,
+    stage: Stage,
+    status: ExportStatus,
+) -> sqlx::Result<Option<f64>> {
+    sqlx::query_scalar(
+        "WITH old AS (SELECT stage, stage_started_at FROM exports WHERE id = $1 FOR UPDATE)
+         UPDATE exports e SET stage = $2, status = $3,
+                stage_started_at = CASE WHEN old.stage = $2 THEN old.stage_started_at ELSE now() END,
+                finished_at = CASE WHEN $3 = 'completed' THEN now() ELSE e.finished_at END
+           FROM old WHERE e.id = $1
+       RETURNING CASE WHEN old.stage = $2 THEN NULL
+                      ELSE extract(epoch FROM now() - old.stage_started_at)::float8 END",
+    )
+    .bind(id)
+    .bind(stage)
+    .bind(status)
+    .fetch_one(conn)
+    .await
+}
+
+/// Ends a queued or running export as failed or cancelled; false when it had already ended.
+pub async fn end(conn: &mut PgConnection, id: Uuid, status: ExportStatus, message: Option<&str>) -> sqlx::Result<bool> {
+    let ended = sqlx::query(
+        "UPDATE exports SET status = $2, finished_at = now(),
+                error = CASE WHEN $3::text IS NULL THEN NULL
+                             ELSE jsonb_build_object('stage', stage, 'message', $3::text) END
+          WHERE id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(message)
+    .execute(conn)
+    .await?;
+    Ok(ended.rows_affected() == 1)
+}
+
+/// Records the fold checkpoint (the last user whose roles were written) and, at the end, that
+/// roles are complete.
+pub async fn set_roles_folded(conn: &mut PgConnection, id: Uuid, after: Option<&str>, done: bool) -> sqlx::Result<()> {
+    sqlx::query("UPDATE exports SET roles_folded_after = $2, roles_fetched = $3 WHERE id = $1")
+        .bind(id)
+        .bind(after)
+        .bind(done)
+        .execute(conn)
+        .await
+        .map(drop)
 }

@@ -14,7 +14,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub async fn connect(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        // Short: while Postgres is down, requests answer 503 within a second instead of queueing.
+        .acquire_timeout(Duration::from_millis(800))
         .connect(url.expose_secret())
         .await
         // The URL may hold a password: name the failure, not the URL.
@@ -34,4 +35,48 @@ pub async fn migrations_current(pool: &PgPool) -> sqlx::Result<bool> {
     let applied: Option<i64> =
         sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?;
     Ok(applied.unwrap_or(0) >= latest)
+}
+
+/// Whether an error says the database is unreachable, restarting or briefly overloaded (worth
+/// waiting for) rather than that the statement is wrong.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => true,
+        // 08: connection exceptions; 57P0x: shutdown, crash recovery; 53300: too many
+        // connections; 40001/40P01: serialization failure and deadlock, retried by design.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || matches!(&*c, "53300" | "40001" | "40P01")),
+        _ => false,
+    }
+}
+
+/// How long work that already paid for Auth0 answers keeps trying to store them.
+pub const RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// Runs `op` until it succeeds, fails for a reason retrying cannot fix, or the database has been
+/// unavailable for [`RETRY_FOR`]; waits grow from 100 ms to 5 s with jitter.
+pub async fn retry<T, F, Fut>(what: &str, mut op: F) -> sqlx::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if is_unavailable(&e) && started.elapsed() < RETRY_FOR => {
+                tracing::warn!(error = %e, what, ?delay, "database unavailable; retrying");
+                metrics::counter!("exporter_database_retries_total").increment(1);
+                tokio::time::sleep(delay.mul_f64(0.75 + fastrand::f64() * 0.5)).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

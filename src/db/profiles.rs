@@ -1,66 +1,81 @@
 //! The `profiles` table: batches stored while downloading, enrichment results, filtered pages.
 
-use serde_json::{Map, Value};
-use sqlx::{types::Json, PgConnection, PgPool};
+use serde_json::{value::RawValue, Value};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+use crate::document::Entries;
 
 /// A stored profile; [`ProfileRow::merged`] assembles what clients see.
 #[derive(Debug, sqlx::FromRow)]
 pub struct ProfileRow {
     pub user_id: String,
-    pub doc: Json<Value>,
-    pub roles: Option<Json<Value>>,
-    pub authentication_methods: Option<Json<Value>>,
-    pub authenticators: Option<Json<Value>>,
-    pub enrollments: Option<Json<Value>>,
+    /// The exported line as Auth0 wrote it (older rows: their jsonb rendered as text).
+    pub document: String,
+    pub roles: Option<String>,
+    pub authentication_methods: Option<String>,
+    pub authenticators: Option<String>,
+    pub enrollments: Option<String>,
     pub enrichment_error: Option<String>,
 }
 
 impl ProfileRow {
-    /// The exported object untouched, plus each fetched enrichment and any enrichment error.
-    pub fn merged(self) -> Value {
-        let mut obj = match self.doc.0 {
-            Value::Object(o) => o,
-            other => {
-                Map::from_iter([("user_id".to_owned(), Value::String(self.user_id.clone())), ("doc".to_owned(), other)])
-            }
+    /// The exported object with every value's text unchanged, plus each fetched enrichment and
+    /// any enrichment error.
+    pub fn merged(&self) -> Box<RawValue> {
+        let error = self.enrichment_error.as_ref().map(|e| serde_json::to_string(e).expect("a string serialises"));
+        let extra: Vec<(&str, &str)> = [
+            ("roles", self.roles.as_deref()),
+            ("authentication_methods", self.authentication_methods.as_deref()),
+            ("authenticators", self.authenticators.as_deref()),
+            ("enrollments", self.enrollments.as_deref()),
+            ("enrichment_error", error.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+        let text = match Entries::parse(&self.document) {
+            Ok(entries) => entries.merge(&extra),
+            // Only objects are stored since the download checks; an older non-object row is wrapped.
+            Err(_) => format!(
+                "{{\"user_id\":{},\"doc\":{}}}",
+                serde_json::to_string(&self.user_id).expect("a string serialises"),
+                self.document
+            ),
         };
-        for (key, value) in [
-            ("roles", self.roles),
-            ("authentication_methods", self.authentication_methods),
-            ("authenticators", self.authenticators),
-            ("enrollments", self.enrollments),
-        ] {
-            if let Some(Json(v)) = value {
-                obj.insert(key.to_owned(), v);
-            }
-        }
-        if let Some(e) = self.enrichment_error {
-            obj.insert("enrichment_error".to_owned(), Value::String(e));
-        }
-        Value::Object(obj)
+        RawValue::from_string(text).expect("merging JSON texts gives JSON")
     }
 }
 
-const COLUMNS: &str = "user_id, doc, roles, authentication_methods, authenticators, enrollments, enrichment_error";
+const COLUMNS: &str = "user_id, COALESCE(raw, doc::text) AS document, roles::text AS roles,
+    authentication_methods::text AS authentication_methods, authenticators::text AS authenticators,
+    enrollments::text AS enrollments, enrichment_error";
+
+/// One exported line and the keys indexed beside it.
+#[derive(Debug)]
+pub struct ExportedLine {
+    pub user_id: String,
+    pub email: Option<String>,
+    pub connection: Option<String>,
+    /// The line exactly as Auth0 wrote it.
+    pub raw: String,
+}
 
 /// Stores downloaded lines; a line already stored (a retried download) is skipped.
 /// Returns how many rows were new.
-pub async fn insert_batch(
-    conn: &mut PgConnection,
-    export_id: Uuid,
-    user_ids: &[String],
-    docs: &[String],
-) -> sqlx::Result<u64> {
+#[tracing::instrument(skip_all, fields(lines = lines.len()))]
+pub async fn insert_batch(conn: &mut PgConnection, export_id: Uuid, lines: &[ExportedLine]) -> sqlx::Result<u64> {
+    let column = |f: fn(&ExportedLine) -> Option<&str>| lines.iter().map(f).collect::<Vec<_>>();
     let done = sqlx::query(
-        "INSERT INTO profiles (export_id, user_id, doc, email, connection)
-         SELECT $1, u, d, d->>'email', d->'identities'->0->>'connection'
-           FROM unnest($2::text[], $3::jsonb[]) AS t(u, d)
+        "INSERT INTO profiles (export_id, user_id, raw, email, connection)
+         SELECT $1, u, r, e, c FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS t(u, r, e, c)
          ON CONFLICT (export_id, user_id) DO NOTHING",
     )
     .bind(export_id)
-    .bind(user_ids)
-    .bind(docs)
+    .bind(column(|l| Some(l.user_id.as_str())))
+    .bind(column(|l| Some(l.raw.as_str())))
+    .bind(column(|l| l.email.as_deref()))
+    .bind(column(|l| l.connection.as_deref()))
     .execute(conn)
     .await?;
     Ok(done.rows_affected())

@@ -59,25 +59,40 @@ pub async fn store_members_page(
     tx.commit().await
 }
 
-/// Writes each profile's roles (sorted by name, byte order) from the enumerated memberships.
-pub async fn fold_into_profiles(conn: &mut PgConnection, export_id: Uuid) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE profiles p SET
-                roles = COALESCE(m.roles, '[]'::jsonb), role_names = COALESCE(m.names, '{}')
-           FROM profiles p2
-           LEFT JOIN LATERAL (
-                SELECT jsonb_agg(jsonb_build_object('id', r.role_id, 'name', r.name, 'description', r.description)
-                                 ORDER BY r.name, r.role_id) AS roles,
-                       array_agg(r.name::text ORDER BY r.name, r.role_id) AS names
-                  FROM role_members rm
-                  JOIN export_roles r ON r.export_id = rm.export_id AND r.role_id = rm.role_id
-                 WHERE rm.export_id = p2.export_id AND rm.user_id = p2.user_id) m ON true
-          WHERE p.export_id = $1 AND p2.export_id = p.export_id AND p2.user_id = p.user_id",
+/// Writes the roles (sorted by name, byte order) of the next `limit` profiles after `after`
+/// from the enumerated memberships; returns the last user written, `None` when none was left.
+#[tracing::instrument(skip(conn))]
+pub async fn fold_into_profiles(
+    conn: &mut PgConnection,
+    export_id: Uuid,
+    after: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "WITH batch AS (
+            SELECT user_id FROM profiles
+             WHERE export_id = $1 AND ($2::text IS NULL OR user_id > $2)
+             ORDER BY user_id LIMIT $3),
+         folded AS (
+            UPDATE profiles p SET
+                   roles = COALESCE(m.roles, '[]'::jsonb), role_names = COALESCE(m.names, '{}')
+              FROM batch b
+              LEFT JOIN LATERAL (
+                   SELECT jsonb_agg(jsonb_build_object('id', r.role_id, 'name', r.name, 'description', r.description)
+                                    ORDER BY r.name, r.role_id) AS roles,
+                          array_agg(r.name::text ORDER BY r.name, r.role_id) AS names
+                     FROM role_members rm
+                     JOIN export_roles r ON r.export_id = rm.export_id AND r.role_id = rm.role_id
+                    WHERE rm.export_id = $1 AND rm.user_id = b.user_id) m ON true
+             WHERE p.export_id = $1 AND p.user_id = b.user_id
+            RETURNING p.user_id)
+         SELECT max(user_id) FROM folded",
     )
     .bind(export_id)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .bind(after)
+    .bind(limit)
+    .fetch_one(conn)
+    .await
 }
 
 /// Memberships are only a means to fill `profiles.roles`; drop them once folded.

@@ -34,9 +34,17 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&e) {
+            // Postgres is down or restarting: a client should come back, not report a bug.
+            tracing::warn!(error = %e, "database unavailable");
+            return ApiError::Unavailable;
+        }
         ApiError::Internal(anyhow::Error::new(e).context("database"))
     }
 }
+
+/// Seconds a client is asked to wait after a 503.
+const RETRY_AFTER_SECS: &str = "2";
 
 impl ApiError {
     /// A 400 naming one bad field.
@@ -101,6 +109,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(problem)).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -22,7 +22,7 @@ use super::{
     AppState,
 };
 use crate::{
-    db::exports::{self as store, Cancelled, Created, ExportRow},
+    db::exports::{self as store, Cancelled, Created, ExportRow, ExportStatus, RolesStrategy, Stage},
     model::ExportRequest,
 };
 
@@ -80,8 +80,8 @@ impl ExportView {
         ExportView {
             id: row.id,
             tenant: row.tenant,
-            status: row.status,
-            stage: row.stage,
+            status: row.status.as_str().to_owned(),
+            stage: row.stage.as_str().to_owned(),
             request: row.request.0,
             auth0_job_id: row.auth0_job_id,
             progress,
@@ -89,7 +89,10 @@ impl ExportView {
                 api_calls: row.api_calls,
                 rate_limited: row.rate_limited,
                 retries: row.retries,
-                roles_strategy: row.roles_strategy,
+                roles_strategy: row.roles_strategy.map(|s| match s {
+                    RolesStrategy::ByRole => "by_role".to_owned(),
+                    RolesStrategy::PerUser => "per_user".to_owned(),
+                }),
             },
             error: row.error.map(|e| e.0),
             cancel_requested: row.cancel_requested,
@@ -102,28 +105,28 @@ impl ExportView {
 
 /// Percent and ETA: the job and download are a small share; enrichment is paced by the limiter.
 fn progress(row: &ExportRow, rate_limit: Option<f64>) -> Progress {
-    let done = row.status == "completed";
+    let done = row.status == ExportStatus::Completed;
     let total = row.users_total;
-    let percent = match row.stage.as_str() {
+    let percent = match row.stage {
         _ if done => 100.0,
-        "waiting_for_job" => 5.0 * f64::from(row.job_percent_done.unwrap_or(0)) / 100.0,
-        "enriching" => match total {
+        Stage::WaitingForJob => 5.0 * f64::from(row.job_percent_done.unwrap_or(0)) / 100.0,
+        Stage::Enriching => match total {
             Some(t) if t > 0 => 10.0 + 90.0 * row.users_enriched as f64 / t as f64,
             _ => 10.0,
         },
-        "downloading" => 5.0,
+        Stage::Downloading => 5.0,
         _ => 0.0,
     };
-    let eta_seconds = match (row.status.as_str(), total) {
-        ("completed", _) => Some(0.0),
-        ("running" | "queued", Some(t)) => {
+    let eta_seconds = match (row.status, total) {
+        (ExportStatus::Completed, _) => Some(0.0),
+        (ExportStatus::Running | ExportStatus::Queued, Some(t)) => {
             let remaining = (t - row.users_enriched).max(0) as f64;
             let enrich = row.request.enrich;
             let calls_per_user = [enrich.authentication_methods, enrich.authenticators, enrich.enrollments]
                 .iter()
                 .filter(|b| **b)
                 .count() as f64
-                + if enrich.roles && row.roles_strategy.as_deref() == Some("per_user") { 1.0 } else { 0.0 };
+                + if enrich.roles && row.roles_strategy == Some(RolesStrategy::PerUser) { 1.0 } else { 0.0 };
             let by_limit = rate_limit.map(|r| remaining * calls_per_user / r);
             let measured = row.enrich_started_at.and_then(|start| {
                 let secs = (Utc::now() - start).num_milliseconds() as f64 / 1000.0;
@@ -225,14 +228,16 @@ pub async fn list(
     RawQuery(q): RawQuery,
 ) -> Result<Json<ExportList>, ApiError> {
     let params = Params::parse(q.as_deref(), &["status", "tenant", "limit", "cursor"])?;
-    let status = params.choice("status", &["queued", "running", "completed", "failed", "cancelled"])?;
+    let status = params
+        .choice("status", &["queued", "running", "completed", "failed", "cancelled"])?
+        .and_then(|s| ExportStatus::parse(&s));
     let tenant = params.text("tenant")?;
     let limit = params.limit()?;
     let before = match params.cursor()? {
         Some(k) => Some(Uuid::parse_str(&k).map_err(|_| ApiError::field("cursor", "not a cursor this API returned"))?),
         None => None,
     };
-    let rows = store::list(&state.pool, status.as_deref(), tenant.as_deref(), before, limit).await?;
+    let rows = store::list(&state.pool, status, tenant.as_deref(), before, limit).await?;
     let (rows, next_cursor) = finish_page(rows, limit, |r| r.id.to_string());
     let data = rows.into_iter().map(|r| {
         let rate = state.rate_limit(&r.tenant);
@@ -268,7 +273,9 @@ pub async fn cancel(
     let id = parse_export_id(&id)?;
     match store::cancel(&state.pool, id).await? {
         Cancelled::NotFound => Err(ApiError::NotFound(format!("export {id} does not exist"))),
-        Cancelled::AlreadyFinished(row) => Err(ApiError::Conflict(format!("export {id} is already {}", row.status))),
+        Cancelled::AlreadyFinished(row) => {
+            Err(ApiError::Conflict(format!("export {id} is already {}", row.status.as_str())))
+        }
         Cancelled::Done(row) => {
             let rate = state.rate_limit(&row.tenant);
             Ok((StatusCode::ACCEPTED, Json(ExportView::new(row, rate))).into_response())

@@ -1,5 +1,7 @@
 //! Operations endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document.
 
+use std::time::Duration;
+
 use axum::{extract::State, http::header, response::IntoResponse, Json};
 use utoipa::OpenApi;
 
@@ -7,7 +9,10 @@ use super::{
     error::{ApiError, Problem},
     ApiDoc, AppState,
 };
-use crate::{db, queue};
+use crate::{
+    db::{self, exports::ExportStatus},
+    queue,
+};
 
 /// Liveness: the process answers; no dependency is checked.
 #[utoipa::path(get, path = "/livez", tag = "operations", responses((status = 200, description = "alive")))]
@@ -22,11 +27,16 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     if !state.is_ready() {
         return Err(ApiError::Unavailable);
     }
-    match db::migrations_current(&state.pool).await {
-        Ok(true) => Ok("ready"),
-        Ok(false) => Err(ApiError::Unavailable),
-        Err(e) => {
+    // Answer within a second even when Postgres does not: probes have short timeouts.
+    match tokio::time::timeout(Duration::from_millis(900), db::migrations_current(&state.pool)).await {
+        Ok(Ok(true)) => Ok("ready"),
+        Ok(Ok(false)) => Err(ApiError::Unavailable),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check: database unreachable");
+            Err(ApiError::Unavailable)
+        }
+        Err(_) => {
+            tracing::warn!("readiness check: database did not answer within 900 ms");
             Err(ApiError::Unavailable)
         }
     }
@@ -40,9 +50,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         metrics::gauge!("exporter_queue_depth").set(depth as f64);
     }
     if let Ok(counts) = db::exports::count_by_status(&state.pool).await {
-        for status in ["queued", "running", "completed", "failed", "cancelled"] {
-            let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
-            metrics::gauge!("exporter_exports", "status" => status).set(n as f64);
+        for status in ExportStatus::ALL {
+            let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
+            metrics::gauge!("exporter_exports", "status" => status.as_str()).set(n as f64);
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())

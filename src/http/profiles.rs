@@ -9,7 +9,7 @@ use axum::{
 };
 use futures_util::{stream, StreamExt};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::{
@@ -19,14 +19,20 @@ use super::{
     params::{finish_page, plain_text, AppPath, Params},
     AppState,
 };
-use crate::db::profiles::{self as store, ProfileFilter};
+use crate::{
+    db::{
+        exports::ExportStatus,
+        profiles::{self as store, ProfileFilter},
+    },
+    document::{csv_text, Entries},
+};
 
 #[derive(Serialize, ToSchema)]
 pub struct ProfileList {
     /// Merged profiles: the exported user object plus `roles`, `authentication_methods`,
     /// `authenticators`, `enrollments` (those requested) and `enrichment_error` where set.
     #[schema(value_type = Vec<Object>)]
-    pub data: Vec<Value>,
+    pub data: Vec<Box<RawValue>>,
     pub next_cursor: Option<String>,
 }
 
@@ -71,7 +77,7 @@ pub async fn list(
     }
     let rows = store::page(&state.pool, export.id, &filter, after.as_deref(), limit).await?;
     let (rows, next_cursor) = finish_page(rows, limit, |r| r.user_id.clone());
-    Ok(Json(ProfileList { data: rows.into_iter().map(|r| r.merged()).collect(), next_cursor }))
+    Ok(Json(ProfileList { data: rows.iter().map(|r| r.merged()).collect(), next_cursor }))
 }
 
 /// One merged profile; the user id is percent-encoded (`auth0%7C123`).
@@ -83,7 +89,7 @@ pub async fn get(
     State(state): State<AppState>,
     _: CanRead,
     AppPath((id, user_id)): AppPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Box<RawValue>>, ApiError> {
     let user_id = plain_text("user_id", &user_id)?;
     let export = load_export(&state, &id).await?;
     let row = store::get(&state.pool, export.id, &user_id)
@@ -121,10 +127,11 @@ pub async fn download(
         _ => Format::Ndjson,
     };
     let export = load_export(&state, &id).await?;
-    if export.status != "completed" {
+    if export.status != ExportStatus::Completed {
         return Err(ApiError::Conflict(format!(
             "export {} is {}; its result is complete only once completed",
-            export.id, export.status
+            export.id,
+            export.status.as_str()
         )));
     }
     let columns = csv_columns(&export.request.fields, export.request.enrich);
@@ -161,18 +168,19 @@ pub async fn download(
                 let merged = row.merged();
                 match format {
                     Format::Ndjson => {
-                        serde_json::to_writer(&mut out, &merged).expect("json to vec");
+                        out.extend_from_slice(merged.get().as_bytes());
                         out.push(b'\n');
                     }
                     Format::Json => {
                         if sent + i as u64 > 0 {
                             out.push(b',');
                         }
-                        serde_json::to_writer(&mut out, &merged).expect("json to vec");
+                        out.extend_from_slice(merged.get().as_bytes());
                     }
-                    Format::Csv => out.extend(csv_line(
-                        &columns.iter().map(|c| csv_cell(merged.get(c.as_str()))).collect::<Vec<_>>(),
-                    )),
+                    Format::Csv => {
+                        let entries = Entries::parse(merged.get()).expect("a merged profile is an object");
+                        out.extend(csv_line(&columns.iter().map(|c| csv_text(entries.get(c))).collect::<Vec<_>>()))
+                    }
                 }
             }
             if !more && format == Format::Json {
@@ -211,15 +219,6 @@ fn csv_columns(fields: &[String], enrich: crate::model::Enrich) -> std::sync::Ar
     std::sync::Arc::new(columns)
 }
 
-/// Strings as they are, scalars in JSON spelling, objects and arrays as compact JSON, absent empty.
-fn csv_cell(value: Option<&Value>) -> String {
-    match value {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    }
-}
-
 fn csv_line(cells: &[String]) -> Vec<u8> {
     let mut writer = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
     writer.write_record(cells).expect("csv to vec");
@@ -229,12 +228,11 @@ fn csv_line(cells: &[String]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn csv_cells_quote_commas_quotes_and_newlines() {
-        let line =
-            csv_line(&[csv_cell(Some(&json!("a, \"b\"\nc"))), csv_cell(Some(&json!({"k": [1]}))), csv_cell(None)]);
+        let entries = Entries::parse(r#"{"s":"a, \"b\"\nc","o":{"k":[1]}}"#).unwrap();
+        let line = csv_line(&[csv_text(entries.get("s")), csv_text(entries.get("o")), csv_text(entries.get("x"))]);
         let text = String::from_utf8(line).unwrap();
         assert_eq!(text, "\"a, \"\"b\"\"\nc\",\"{\"\"k\"\":[1]}\",\r\n");
         let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes());

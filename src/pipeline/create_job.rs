@@ -3,6 +3,7 @@
 use super::{StageContext, StageError, Step};
 use crate::{
     auth0::{types::ExportJob, Auth0Error},
+    db,
     queue::JobKind,
 };
 
@@ -28,19 +29,13 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
         }
         Err(e) => return Err(e.into()),
     };
-    // Fenced by the attempt: a worker that lost its lease must not record a second job.
-    let stored = sqlx::query(
-        "UPDATE exports SET auth0_job_id = $2, auth0_jobs_created = auth0_jobs_created + 1, job_percent_done = 0
-          WHERE id = $1 AND auth0_job_id IS NULL
-            AND EXISTS (SELECT 1 FROM queue_jobs WHERE id = $3 AND attempt = $4 AND state = 'running')",
-    )
-    .bind(ctx.export.id)
-    .bind(&job.id)
-    .bind(ctx.job.id)
-    .bind(ctx.job.attempt)
-    .execute(&ctx.pool)
+    // Fenced by the attempt: a worker that lost its lease must not record a second job. The job
+    // exists at Auth0 now, so storing its id waits out a database outage.
+    let stored = db::retry("storing the Auth0 job id", || {
+        db::exports::store_auth0_job(&ctx.pool, ctx.export.id, &job.id, &ctx.job)
+    })
     .await?;
-    if stored.rows_affected() == 0 {
+    if !stored {
         return Err(StageError::Retry(anyhow::anyhow!("lease lost while creating Auth0 job {}", job.id)));
     }
     tracing::info!(auth0_job_id = %job.id, "Auth0 export job created");

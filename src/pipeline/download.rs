@@ -5,14 +5,14 @@
 
 use async_compression::tokio::bufread::GzipDecoder;
 use futures_util::TryStreamExt;
-use serde::Deserialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio_util::io::StreamReader;
 
-use super::{wait_job::replace_job, StageContext, StageError, Step};
+use super::{patiently, wait_job::replace_job, StageContext, StageError, Step};
 use crate::{
     auth0::{types::ExportJob, Auth0Error, DownloadError},
-    db::{self, exports::Counter},
+    db::{self, exports::Counter, profiles::ExportedLine},
+    document::{Entries, LineKeys},
     queue::JobKind,
 };
 
@@ -27,7 +27,8 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     for _ in 0..LINK_ATTEMPTS {
         // A link is valid for about 60 s: never reuse one, mint a new one per try.
         let url = ctx.client.api_url(&["jobs", job_id], &[]);
-        let job: ExportJob = match ctx.client.get("GET /api/v2/jobs/{id}", url, &ctx.stats).await {
+        let job = patiently(ctx, || ctx.client.get::<ExportJob>("GET /api/v2/jobs/{id}", url.clone(), &ctx.stats));
+        let job = match job.await {
             Ok(job) => job,
             Err(Auth0Error::NotFound(_)) => return replace_job(ctx, "the Auth0 job no longer exists").await,
             Err(e) => return Err(e.into()),
@@ -39,16 +40,11 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
             }
             _ => return Ok(Step::Advance(Some(JobKind::WaitJob))),
         };
-        match download_into_db(ctx, &location).await {
+        match download_into_db(ctx, job_id, &location).await {
             Ok(()) => {
-                let mut tx = ctx.pool.begin().await?;
-                let total = db::profiles::count(&mut tx, ctx.export.id).await?;
-                sqlx::query("UPDATE exports SET users_total = $2, users_downloaded = $2 WHERE id = $1")
-                    .bind(ctx.export.id)
-                    .bind(total)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
+                let total =
+                    db::retry("counting the stored file", || db::exports::set_downloaded(&ctx.pool, ctx.export.id))
+                        .await?;
                 tracing::info!(users = total, "export file stored");
                 return Ok(Step::Advance(Some(JobKind::Enrich)));
             }
@@ -75,12 +71,7 @@ impl From<sqlx::Error> for Failure {
     }
 }
 
-#[derive(Deserialize)]
-struct LineId {
-    user_id: String,
-}
-
-async fn download_into_db(ctx: &StageContext, location: &str) -> Result<(), Failure> {
+async fn download_into_db(ctx: &StageContext, job_id: &str, location: &str) -> Result<(), Failure> {
     let resp = ctx.client.download(location).await.map_err(|e| match e {
         DownloadError::Retry(m) => Failure::Retry(m),
         DownloadError::Fatal(m) => Failure::Stage(StageError::Fail(m)),
@@ -102,7 +93,7 @@ async fn download_into_db(ctx: &StageContext, location: &str) -> Result<(), Fail
     };
 
     let batch_size = ctx.settings.download_batch.max(1);
-    let (mut ids, mut docs) = (Vec::with_capacity(batch_size), Vec::with_capacity(batch_size));
+    let mut batch = Vec::with_capacity(batch_size);
     let mut line = Vec::new();
     let mut line_no = 0u64;
     loop {
@@ -119,33 +110,51 @@ async fn download_into_db(ctx: &StageContext, location: &str) -> Result<(), Fail
             // Auth0 writes UTF-8: anything else is a corrupt transfer, and a profile is never dropped.
             return Err(Failure::Retry(format!("export line {line_no} is not UTF-8")));
         };
-        let text = text.trim();
+        let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
         if text.is_empty() {
             continue;
         }
-        let id: LineId = serde_json::from_str(text).map_err(|e| {
+        batch.push(parse_line(text).map_err(|e| {
             Failure::Stage(StageError::Fail(format!("export line {line_no} is not a user object with a user_id: {e}")))
-        })?;
-        // Postgres' jsonb cannot hold U+0000, the one character JSON allows and it refuses; it
-        // becomes U+FFFD rather than failing the whole export.
-        let text = if text.contains("\\u0000") { text.replace("\\u0000", "\\ufffd") } else { text.to_owned() };
-        ids.push(id.user_id.replace('\0', "\u{fffd}"));
-        docs.push(text);
-        if ids.len() >= batch_size {
-            store(ctx, &mut ids, &mut docs).await?;
+        })?);
+        if batch.len() >= batch_size {
+            store(ctx, job_id, &mut batch).await?;
         }
     }
-    store(ctx, &mut ids, &mut docs).await
+    store(ctx, job_id, &mut batch).await
 }
 
-async fn store(ctx: &StageContext, ids: &mut Vec<String>, docs: &mut Vec<String>) -> Result<(), Failure> {
-    if ids.is_empty() {
+/// Validates one exported line and keeps it verbatim beside its indexed keys.
+fn parse_line(text: &str) -> Result<ExportedLine, String> {
+    let entries = Entries::parse(text).map_err(|e| e.to_string())?;
+    let LineKeys { user_id, email, connection } = LineKeys::read(&entries)?;
+    Ok(ExportedLine { user_id, email, connection, raw: text.to_owned() })
+}
+
+/// Stores a batch while the export still downloads `job_id`: a stale worker streaming a replaced
+/// Auth0 job must not add rows after the replacement deleted them.
+async fn store(ctx: &StageContext, job_id: &str, batch: &mut Vec<ExportedLine>) -> Result<(), Failure> {
+    if batch.is_empty() {
         return Ok(());
     }
-    let mut tx = ctx.pool.begin().await?;
-    let new = db::profiles::insert_batch(&mut tx, ctx.export.id, ids, docs).await?;
-    ctx.commit_batch(tx, Counter::Downloaded, new).await?;
-    ids.clear();
-    docs.clear();
+    let lines: &[ExportedLine] = batch;
+    let stored = db::retry("storing a downloaded batch", move || async move {
+        let mut tx = ctx.pool.begin().await?;
+        if !db::exports::lock_for_auth0_job(&mut tx, ctx.export.id, job_id).await? {
+            return Ok(false);
+        }
+        let new = db::profiles::insert_batch(&mut tx, ctx.export.id, lines).await?;
+        ctx.commit_batch(tx, Counter::Downloaded, new).await?;
+        Ok(true)
+    })
+    .await
+    .map_err(|e| Failure::Stage(e.into()))?;
+    if !stored {
+        // Another attempt replaced the job: this one is stale and its outcome will be fenced out.
+        return Err(Failure::Stage(StageError::Retry(anyhow::anyhow!(
+            "the Auth0 job {job_id} was replaced while downloading it"
+        ))));
+    }
+    batch.clear();
     Ok(())
 }

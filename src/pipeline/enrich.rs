@@ -6,10 +6,10 @@
 
 use std::{pin::pin, time::Duration};
 
-use futures_util::{stream, TryStreamExt};
+use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::Value;
 
-use super::{roles, StageContext, StageError, Step};
+use super::{patiently, roles, StageContext, StageError, Step};
 use crate::{
     auth0::{
         types::{MethodsPage, RolesPage},
@@ -17,7 +17,7 @@ use crate::{
     },
     db::{
         self,
-        exports::Counter,
+        exports::{Counter, RolesStrategy},
         profiles::{Pass, UserEnrichment},
     },
     model::Enrich,
@@ -33,10 +33,11 @@ const LATENCY_BUDGET: f64 = 0.6;
 
 pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     let enrich = ctx.export.request.enrich;
-    let users = {
+    let users = db::retry("counting users", || async {
         let mut conn = ctx.pool.acquire().await?;
-        db::profiles::count(&mut conn, ctx.export.id).await?
-    };
+        db::profiles::count(&mut conn, ctx.export.id).await
+    })
+    .await?;
     let in_flight = in_flight_target(ctx);
 
     let roles = async {
@@ -44,7 +45,7 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
             return Ok(None);
         }
         match roles::enumerate(ctx, users, in_flight).await? {
-            roles::PER_USER => per_user_pass(ctx, Pass::Roles, enrich, in_flight).await.map(|()| None),
+            RolesStrategy::PerUser => per_user_pass(ctx, Pass::Roles, enrich, in_flight).await.map(|()| None),
             strategy => Ok(Some(strategy)),
         }
     };
@@ -56,14 +57,20 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
         }
     };
     let (enumerated, ()) = tokio::try_join!(roles, mfa)?;
-    if enumerated == Some(roles::BY_ROLE) {
+    if ctx.stop.is_cancelled() {
+        return Err(StageError::Interrupted);
+    }
+    if enumerated == Some(RolesStrategy::ByRole) {
         roles::fold(ctx).await?;
     }
 
     // Users need no per-user call when only roles were asked for: checkpoint them all.
-    let mut tx = ctx.pool.begin().await?;
-    let rest = db::profiles::mark_all_enriched(&mut tx, ctx.export.id).await?;
-    ctx.commit_batch(tx, Counter::Enriched, rest).await?;
+    db::retry("checkpointing the remaining users", || async {
+        let mut tx = ctx.pool.begin().await?;
+        let rest = db::profiles::mark_all_enriched(&mut tx, ctx.export.id).await?;
+        ctx.commit_batch(tx, Counter::Enriched, rest).await
+    })
+    .await?;
     Ok(Step::Advance(Some(JobKind::Finalize)))
 }
 
@@ -87,70 +94,93 @@ async fn per_user_pass(ctx: &StageContext, pass: Pass, enrich: Enrich, in_flight
     let pool = ctx.pool.clone();
     let export = ctx.export.id;
 
+    // A stop request ends the stream of users: calls in flight finish and are stored.
+    let stop = ctx.stop.clone();
     let users = stream::try_unfold(None::<String>, move |after| {
         let pool = pool.clone();
         async move {
-            let page = db::profiles::pending_users(&pool, export, pass, after.as_deref(), USER_PAGE).await?;
+            let page = db::retry("reading pending users", || {
+                db::profiles::pending_users(&pool, export, pass, after.as_deref(), USER_PAGE)
+            })
+            .await?;
             Ok::<_, StageError>(page.last().cloned().map(|last| (stream::iter(page.into_iter().map(Ok)), Some(last))))
         }
     })
-    .try_flatten();
+    .try_flatten()
+    .take_until(stop.cancelled_owned());
     let results = users.map_ok(|user_id| fetch_user(ctx, user_id, pass, enrich)).try_buffer_unordered(concurrency);
     let mut results = pin!(results);
 
     let batch_size = ctx.settings.enrich_batch.max(1);
     let mut batch = Vec::with_capacity(batch_size);
     let mut tick = tokio::time::interval(FLUSH_EVERY);
-    loop {
+    let outcome = loop {
         tokio::select! {
-            next = results.try_next() => match next? {
-                Some(user) => {
+            next = results.try_next() => match next {
+                Ok(Some(Some(user))) => {
                     batch.push(user);
                     if batch.len() >= batch_size {
                         store(ctx, pass, &mut batch).await?;
                     }
                 }
-                None => break,
+                // Stopped before its call was sent: still pending, nothing paid.
+                Ok(Some(None)) => {}
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             },
             _ = tick.tick() => store(ctx, pass, &mut batch).await?,
         }
+    };
+    // Every answer received is stored, whatever ended the pass.
+    store(ctx, pass, &mut batch).await?;
+    outcome?;
+    if ctx.stop.is_cancelled() {
+        return Err(StageError::Interrupted);
     }
-    store(ctx, pass, &mut batch).await
+    Ok(())
 }
 
+/// Writes a batch with its progress, waiting out database outages: the answers are paid for.
 async fn store(ctx: &StageContext, pass: Pass, batch: &mut Vec<UserEnrichment>) -> Result<(), StageError> {
     if batch.is_empty() {
         return Ok(());
     }
-    let mut tx = ctx.pool.begin().await?;
-    let new = db::profiles::store_enrichments(&mut tx, ctx.export.id, pass, batch).await?;
-    // Only the MFA pass checkpoints users (`enriched_at`); the roles pass is not the progress measure.
-    ctx.commit_batch(tx, Counter::Enriched, if pass == Pass::Mfa { new } else { 0 }).await?;
+    let users: &[UserEnrichment] = batch;
+    db::retry("storing enrichment results", move || async move {
+        let mut tx = ctx.pool.begin().await?;
+        let new = db::profiles::store_enrichments(&mut tx, ctx.export.id, pass, users).await?;
+        // Only the MFA pass checkpoints users (`enriched_at`); the roles pass is not the progress measure.
+        ctx.commit_batch(tx, Counter::Enriched, if pass == Pass::Mfa { new } else { 0 }).await
+    })
+    .await?;
     batch.clear();
     Ok(())
 }
 
 /// One user's calls for the pass, concurrently. A user deleted since the export (404) keeps
 /// its exported fields and is marked `user_not_found`.
+/// `None` when the stage was stopped before the user's calls were sent.
 async fn fetch_user(
     ctx: &StageContext,
     user_id: String,
     pass: Pass,
     enrich: Enrich,
-) -> Result<UserEnrichment, StageError> {
+) -> Result<Option<UserEnrichment>, StageError> {
     let mut out = UserEnrichment { user_id, ..Default::default() };
     let fetched = match pass {
-        Pass::Roles => fetch_roles(ctx, &out.user_id).await.map(|roles| out.roles = Some(roles)),
+        Pass::Roles => patiently(ctx, || fetch_roles(ctx, &out.user_id)).await.map(|roles| out.roles = Some(roles)),
         Pass::Mfa => {
             let id = out.user_id.as_str();
             let (methods, authenticators, enrollments) = tokio::join!(
-                maybe(enrich.authentication_methods, fetch_methods(ctx, id)),
-                maybe(
-                    enrich.authenticators,
+                maybe(ctx, enrich.authentication_methods, || fetch_methods(ctx, id)),
+                maybe(ctx, enrich.authenticators, || {
                     fetch_list(ctx, id, "authenticators", "GET /api/v2/users/{id}/authenticators")
-                ),
-                maybe(enrich.enrollments, fetch_list(ctx, id, "enrollments", "GET /api/v2/users/{id}/enrollments")),
+                }),
+                maybe(ctx, enrich.enrollments, || {
+                    fetch_list(ctx, id, "enrollments", "GET /api/v2/users/{id}/enrollments")
+                }),
             );
+
             (|| -> Result<(), Auth0Error> {
                 out.authentication_methods = methods?;
                 out.authenticators = authenticators?;
@@ -161,11 +191,13 @@ async fn fetch_user(
         }
     };
     match fetched {
-        Ok(()) => Ok(out),
+        Ok(()) => Ok(Some(out)),
+        // A stopped user stays pending; answers of the others in this batch are still stored.
+        Err(Auth0Error::Stopped) => Ok(None),
         // Gone since the export: it has no roles or factors any more.
         Err(Auth0Error::NotFound(_)) => {
             let none = |wanted: bool| wanted.then(|| Value::Array(vec![]));
-            Ok(match pass {
+            Ok(Some(match pass {
                 Pass::Roles => UserEnrichment { roles: none(true), ..gone(out.user_id) },
                 Pass::Mfa => UserEnrichment {
                     authentication_methods: none(enrich.authentication_methods),
@@ -174,7 +206,7 @@ async fn fetch_user(
                     has_mfa: Some(false),
                     ..gone(out.user_id)
                 },
-            })
+            }))
         }
         Err(e) => Err(e.into()),
     }
@@ -184,15 +216,16 @@ fn gone(user_id: String) -> UserEnrichment {
     UserEnrichment { user_id, error: Some("user_not_found".into()), ..Default::default() }
 }
 
-async fn maybe<F: std::future::Future<Output = Result<Value, Auth0Error>>>(
-    wanted: bool,
-    call: F,
-) -> Result<Option<Value>, Auth0Error> {
-    if wanted {
-        call.await.map(Some)
-    } else {
-        Ok(None)
+/// One of the user's calls when it was asked for, waiting out Auth0 outages.
+async fn maybe<F, Fut>(ctx: &StageContext, wanted: bool, call: F) -> Result<Option<Value>, Auth0Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Value, Auth0Error>>,
+{
+    if !wanted {
+        return Ok(None);
     }
+    patiently(ctx, call).await.map(Some)
 }
 
 /// `GET /users/{id}/roles`, sorted by name in byte order like the by-role path.

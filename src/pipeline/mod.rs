@@ -7,23 +7,28 @@ mod roles;
 mod wait_job;
 
 use std::{
+    collections::HashMap,
     sync::{
-        atomic::{AtomicU8, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicU8, Ordering},
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
 
-use sqlx::{postgres::PgListener, PgPool};
+use sqlx::{pool::PoolConnection, postgres::PgListener, PgPool, Postgres};
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::{
-    auth0::{Auth0Client, Auth0Error, CallStats, Tenants},
+    auth0::{Auth0Client, Auth0Error, CallCounts, CallStats, Tenants},
     config::WorkerSettings,
-    db::{self, exports::ExportRow},
-    queue::{self, Heartbeat, Job, JobKind},
+    db::{
+        self,
+        exports::{ExportRow, ExportStatus, Stage},
+    },
+    queue::{self, Heartbeat, Job, JobKind, JobState, Requeue},
 };
 
 /// What a stage asks the runner to do next.
@@ -31,7 +36,7 @@ use crate::{
 pub enum Step {
     /// The stage is done: enqueue `Some(kind)`, or complete the export on `None`.
     Advance(Option<JobKind>),
-    /// Auth0 is not ready yet: run this job again later without counting an attempt.
+    /// Auth0 is not ready yet: run this job again later without counting a failure.
     Snooze(Duration),
 }
 
@@ -43,6 +48,9 @@ pub enum StageError {
     /// Retrying cannot help: the export fails with this message.
     #[error("{0}")]
     Fail(String),
+    /// The stage wound down because it was asked to stop; everything it received is stored.
+    #[error("stopped on request")]
+    Interrupted,
 }
 
 impl From<sqlx::Error> for StageError {
@@ -56,6 +64,7 @@ impl From<Auth0Error> for StageError {
         match e {
             Auth0Error::Permanent { message, .. } => StageError::Fail(message),
             Auth0Error::NotFound(message) => StageError::Fail(format!("Auth0: {message}")),
+            Auth0Error::Stopped => StageError::Interrupted,
             other => StageError::Retry(other.into()),
         }
     }
@@ -69,25 +78,35 @@ pub struct StageContext {
     pub job: Job,
     pub stats: Arc<CallStats>,
     pub settings: WorkerSettings,
+    /// Fired when the stage should wind down (export cancelled, process stopping): start no new
+    /// Auth0 call, store every answer already received, then return [`StageError::Interrupted`].
+    pub stop: CancellationToken,
+    /// Whether this run already gave the job its failure budget back.
+    budget_restored: AtomicBool,
 }
 
 impl StageContext {
     /// Writes the calls counted so far into the export row.
     pub async fn flush_stats(&self, conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
-        db::exports::add_call_stats(conn, self.export.id, self.stats.take()).await
+        let counts = self.stats.take();
+        let written = db::exports::add_call_stats(conn, self.export.id, counts).await;
+        if written.is_err() {
+            // Not lost: counted again with the next flush.
+            self.stats.add(counts);
+        }
+        written
     }
 
     /// A transaction that holds this job's row: writes that would harm another worker's result
-    /// (deleting rows, rewriting every profile) commit only while the lease is still ours.
-    pub async fn begin_fenced(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StageError> {
+    /// (deleting rows, rewriting profiles) commit only while the lease is still ours. `None`
+    /// once the lease is lost.
+    pub async fn begin_fenced(&self) -> sqlx::Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>> {
         let mut tx = self.pool.begin().await?;
-        if !queue::hold(&mut tx, &self.job).await? {
-            return Err(StageError::Retry(anyhow::anyhow!("lease lost; another worker owns this stage now")));
-        }
-        Ok(tx)
+        Ok(queue::hold(&mut tx, &self.job).await?.then_some(tx))
     }
 
-    /// Commits a batch's writes together with its progress and the calls it cost.
+    /// Commits a batch's writes together with its progress and the calls it cost. Progress gives
+    /// the job its failure budget back, so only failures in a row can exhaust it.
     pub async fn commit_batch(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
@@ -95,10 +114,28 @@ impl StageContext {
         n: u64,
     ) -> sqlx::Result<()> {
         db::exports::add_progress(&mut tx, self.export.id, counter, n).await?;
-        self.flush_stats(&mut tx).await?;
-        tx.commit().await
+        if n > 0 && self.job.errors > 0 && !self.budget_restored.load(Ordering::Relaxed) {
+            queue::reset_errors(&mut tx, &self.job).await?;
+        }
+        let counts = self.stats.take();
+        db::exports::add_call_stats(&mut tx, self.export.id, counts).await?;
+        match tx.commit().await {
+            Ok(()) => {
+                if n > 0 && self.job.errors > 0 {
+                    self.budget_restored.store(true, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.add(counts);
+                Err(e)
+            }
+        }
     }
 }
+
+/// Exports running in this process, so a cancel NOTIFY wakes the right heartbeat at once.
+type Running = Arc<Mutex<HashMap<Uuid, Arc<Notify>>>>;
 
 /// The worker side of one replica.
 #[derive(Clone)]
@@ -107,6 +144,9 @@ pub struct Workers {
     pub tenants: Tenants,
     pub settings: WorkerSettings,
     pub worker_id: String,
+    running: Running,
+    /// Call counts whose write failed (the database was down); flushed by the rescuer loop.
+    unwritten: Arc<Mutex<HashMap<Uuid, CallCounts>>>,
 }
 
 /// Why a stage was stopped from outside.
@@ -115,12 +155,21 @@ const CANCEL_REQUESTED: u8 = 1;
 const LEASE_LOST: u8 = 2;
 const SHUTTING_DOWN: u8 = 3;
 
+/// How long a cancelled stage may take to store what it received before it is dropped.
+const CANCEL_DRAIN: Duration = Duration::from_millis(1500);
+/// How often the rescuer looks for crashed workers (their advisory locks are gone).
+const RESCUE_EVERY: Duration = Duration::from_secs(1);
+
 impl Workers {
-    /// Spawns the workers, the lease rescuer and the NOTIFY listener on `tracker`.
+    pub fn new(pool: PgPool, tenants: Tenants, settings: WorkerSettings, worker_id: String) -> Workers {
+        Workers { pool, tenants, settings, worker_id, running: Running::default(), unwritten: Default::default() }
+    }
+
+    /// Spawns the workers, the rescuer and the NOTIFY listener on `tracker`.
     pub fn spawn(self, tracker: &TaskTracker, shutdown: CancellationToken) {
         let wake = Arc::new(Notify::new());
-        tracker.spawn(listen(self.pool.clone(), wake.clone(), shutdown.clone()));
-        tracker.spawn(rescue(self.pool.clone(), self.settings.lease(), shutdown.clone()));
+        tracker.spawn(listen(self.pool.clone(), wake.clone(), self.running.clone(), shutdown.clone()));
+        tracker.spawn(self.clone().rescue(shutdown.clone()));
         for n in 0..self.settings.concurrency.max(1) {
             let me = self.clone();
             let (wake, shutdown) = (wake.clone(), shutdown.clone());
@@ -130,14 +179,31 @@ impl Workers {
 
     async fn work(self, n: usize, wake: Arc<Notify>, shutdown: CancellationToken) {
         let worker = format!("{}/{n}", self.worker_id);
+        // The session that claims a job holds its advisory lock until the job is done.
+        let mut session: Option<PoolConnection<Postgres>> = None;
         while !shutdown.is_cancelled() {
-            match queue::claim(&self.pool, &worker, self.settings.lease()).await {
+            let claimed = match session.as_mut() {
+                Some(conn) => queue::claim(conn, &worker, self.settings.lease()).await,
+                None => match self.pool.acquire().await {
+                    Ok(conn) => {
+                        session = Some(conn);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match claimed {
                 Ok(Some(job)) => {
                     let span = tracing::info_span!("job", export_id = %job.export_id, kind = job.kind.as_str(), attempt = job.attempt);
-                    // A task of its own: a panicking stage loses its lease (rescued later), not this worker.
-                    let (me, stop) = (self.clone(), shutdown.clone());
-                    if let Err(e) = tokio::spawn(async move { me.run(job, &stop).await }.instrument(span)).await {
-                        tracing::error!(error = %e, "stage panicked; its lease will expire and the job is retried");
+                    // A task of its own: a panicking stage loses its lease (rescued), not this worker.
+                    let (me, stop, j) = (self.clone(), shutdown.clone(), job.clone());
+                    if let Err(e) = tokio::spawn(async move { me.run(j, &stop).await }.instrument(span)).await {
+                        tracing::error!(error = %e, "stage panicked; the job is rescued and retried");
+                    }
+                    let conn = session.as_mut().expect("claimed on this session");
+                    if queue::unlock(conn, &job).await.is_err() {
+                        // A broken session: closing it releases the lock.
+                        session = None;
                     }
                 }
                 Ok(None) => {
@@ -148,29 +214,40 @@ impl Workers {
                     }
                 }
                 Err(e) => {
+                    // Postgres is down or restarting: stop claiming, wait, burn nothing.
                     tracing::warn!(error = %e, "claiming a job failed; retrying");
-                    tokio::time::sleep(self.settings.poll_interval()).await;
+                    session = None;
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.settings.poll_interval().max(Duration::from_millis(500))) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
                 }
             }
         }
     }
 
     async fn run(&self, job: Job, shutdown: &CancellationToken) {
-        if let Err(e) = self.run_inner(job, shutdown).await {
-            // The lease will expire and the rescuer hands the job to someone else.
+        if let Err(e) = self.run_inner(&job, shutdown).await {
+            // The job is rescued (its lock or lease is gone) and handed to someone else.
             tracing::error!(error = %e, "recording a job outcome failed");
         }
     }
 
-    async fn run_inner(&self, job: Job, shutdown: &CancellationToken) -> sqlx::Result<()> {
-        let Some(export) = self.start(&job).await? else {
+    async fn run_inner(&self, job: &Job, shutdown: &CancellationToken) -> sqlx::Result<()> {
+        let start =
+            db::retry("starting a stage", || db::exports::start_stage(&self.pool, job.export_id, job.kind.stage()));
+        let Some(export) = start.await? else {
             // Finished meanwhile, or cancelled between the claim and now.
-            return self.cancel(&job).await;
+            return self.end_export(job, JobState::Cancelled, ExportStatus::Cancelled, None).await;
         };
         let Some(client) = self.tenants.get(&export.tenant) else {
-            return self.fail(&job, &format!("tenant {} is not configured on this replica", export.tenant)).await;
+            // Another replica (or this one after a config fix) may know it: wait, do not fail.
+            let message = format!("tenant {} is not configured on this replica", export.tenant);
+            tracing::warn!(error = %message, "handing the job back");
+            return self.requeue(job, Duration::from_secs(30), Requeue::Snooze, Some(&message)).await;
         };
-        let stats = Arc::new(CallStats::default());
+        let stop = CancellationToken::new();
+        let stats = Arc::new(CallStats::new(stop.clone()));
         let ctx = StageContext {
             pool: self.pool.clone(),
             client,
@@ -178,9 +255,12 @@ impl Workers {
             job: job.clone(),
             stats: stats.clone(),
             settings: self.settings.clone(),
+            stop: stop.clone(),
+            budget_restored: AtomicBool::new(false),
         };
 
-        let stop = CancellationToken::new();
+        let woken = Arc::new(Notify::new());
+        self.running.lock().expect("running map").insert(job.export_id, woken.clone());
         let reason = Arc::new(AtomicU8::new(RUNNING));
         // Aborted on drop, so a panicking stage stops renewing its lease and gets rescued.
         let _beat = AbortOnDrop(tokio::spawn(heartbeat(
@@ -190,110 +270,119 @@ impl Workers {
             stop.clone(),
             reason.clone(),
             shutdown.clone(),
+            woken,
         )));
         let started = Instant::now();
-        let outcome = tokio::select! {
-            r = run_stage(&ctx) => Some(r),
+        let mut stage = std::pin::pin!(run_stage(&ctx));
+        let mut outcome = tokio::select! {
+            r = &mut stage => Some(r),
             _ = stop.cancelled() => None,
         };
+        if outcome.is_none() {
+            // Cancel and shutdown let the stage store what it already received; a lost lease does not.
+            let drain = match reason.load(Ordering::SeqCst) {
+                CANCEL_REQUESTED => CANCEL_DRAIN,
+                SHUTTING_DOWN => self.settings.drain_budget(),
+                _ => Duration::ZERO,
+            };
+            outcome = tokio::time::timeout(drain, &mut stage).await.ok();
+        }
         drop(_beat);
-        tracing::debug!(elapsed = ?started.elapsed(), ?outcome, "stage returned");
+        self.running.lock().expect("running map").remove(&job.export_id);
+        let elapsed = started.elapsed();
+        tracing::debug!(?elapsed, ?outcome, "stage returned");
 
-        let calls = stats.take();
-        match outcome {
-            Some(Ok(Step::Advance(next))) => self.advance(&job, next, calls).await,
-            Some(Ok(Step::Snooze(delay))) => {
-                self.add_stats(&job, calls).await?;
-                queue::reschedule(&self.pool, &job, delay, true, None).await.map(drop)
+        self.write_stats(job.export_id, stats.take()).await;
+        let why = reason.load(Ordering::SeqCst);
+        match (why, outcome) {
+            (RUNNING, Some(Ok(Step::Advance(next)))) | (SHUTTING_DOWN, Some(Ok(Step::Advance(next)))) => {
+                self.advance(job, next).await
             }
-            Some(Err(StageError::Fail(message))) => {
-                self.add_stats(&job, calls).await?;
-                self.fail(&job, &message).await
+            (RUNNING, Some(Ok(Step::Snooze(delay)))) => self.requeue(job, delay, Requeue::Snooze, None).await,
+            (RUNNING, Some(Err(StageError::Fail(message)))) => {
+                record_stage_failure(job.kind.stage(), elapsed, "failed");
+                self.fail(job, &message).await
             }
-            Some(Err(StageError::Retry(e))) => {
-                self.add_stats(&job, calls).await?;
+            (RUNNING, Some(Err(e))) => {
                 let message = format!("{e:#}");
-                if job.attempt >= job.max_attempts {
-                    return self.fail(&job, &format!("gave up after {} attempts: {message}", job.attempt)).await;
+                record_stage_failure(job.kind.stage(), elapsed, "retried");
+                if job.errors + 1 >= job.max_attempts {
+                    let message = format!("gave up after {} failures in a row: {message}", job.errors + 1);
+                    return self.fail(job, &message).await;
                 }
-                let delay = retry_delay(job.attempt);
+                let delay = retry_delay(job.errors + 1);
                 tracing::warn!(error = %message, ?delay, "stage failed; retrying later");
-                queue::reschedule(&self.pool, &job, delay, false, Some(&message)).await.map(drop)
+                self.requeue(job, delay, Requeue::Failed, Some(&message)).await
             }
-            None => {
-                self.add_stats(&job, calls).await?;
-                match reason.load(Ordering::SeqCst) {
-                    CANCEL_REQUESTED => self.cancel(&job).await,
-                    SHUTTING_DOWN => queue::reschedule(&self.pool, &job, Duration::ZERO, true, None).await.map(drop),
-                    _ => {
-                        tracing::warn!("lease lost; another worker owns this job now");
-                        Ok(())
-                    }
-                }
+            (CANCEL_REQUESTED, _) => self.end_export(job, JobState::Cancelled, ExportStatus::Cancelled, None).await,
+            (SHUTTING_DOWN, _) => self.requeue(job, Duration::ZERO, Requeue::Snooze, None).await,
+            _ => {
+                tracing::warn!("lease lost; another worker owns this job now");
+                Ok(())
             }
         }
     }
 
-    /// Marks the export running in the job's stage; `None` when it is finished or cancelled.
-    async fn start(&self, job: &Job) -> sqlx::Result<Option<ExportRow>> {
-        let stage = job.kind.stage();
-        let updated: Option<uuid::Uuid> = sqlx::query_scalar(
-            "UPDATE exports SET status = 'running', started_at = COALESCE(started_at, now()),
-                    stage_started_at = CASE WHEN stage = $2 AND stage_started_at IS NOT NULL THEN stage_started_at ELSE now() END,
-                    stage = $2,
-                    enrich_started_at = CASE WHEN $2 = 'enriching' THEN COALESCE(enrich_started_at, now()) ELSE enrich_started_at END
-              WHERE id = $1 AND status IN ('queued', 'running') AND NOT cancel_requested
-          RETURNING id",
-        )
-        .bind(job.export_id)
-        .bind(stage)
-        .fetch_optional(&self.pool)
-        .await?;
-        match updated {
-            Some(id) => db::exports::get(&self.pool, id).await,
-            None => Ok(None),
+    /// Writes a stage's call counts; if the database is down they wait in memory for the next try.
+    async fn write_stats(&self, export: Uuid, counts: CallCounts) {
+        if counts.is_zero() {
+            return;
+        }
+        let written = db::retry("recording call statistics", || async {
+            let mut conn = self.pool.acquire().await?;
+            db::exports::add_call_stats(&mut conn, export, counts).await
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "call statistics kept in memory until the database answers");
+            self.unwritten.lock().expect("unwritten map").entry(export).or_default().add(counts);
         }
     }
 
-    async fn add_stats(&self, job: &Job, calls: (i64, i64, i64)) -> sqlx::Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        db::exports::add_call_stats(&mut conn, job.export_id, calls).await
+    async fn flush_unwritten(&self) {
+        let pending: Vec<(Uuid, CallCounts)> = self.unwritten.lock().expect("unwritten map").drain().collect();
+        for (export, counts) in pending {
+            let mut written = false;
+            if let Ok(mut conn) = self.pool.acquire().await {
+                written = db::exports::add_call_stats(&mut conn, export, counts).await.is_ok();
+            }
+            if !written {
+                self.unwritten.lock().expect("unwritten map").entry(export).or_default().add(counts);
+            }
+        }
+    }
+
+    async fn requeue(&self, job: &Job, delay: Duration, why: Requeue, error: Option<&str>) -> sqlx::Result<()> {
+        db::retry("requeueing a job", || queue::reschedule(&self.pool, job, delay, why, error)).await.map(drop)
     }
 
     /// Finishes the job and moves the export on, in one transaction fenced by the attempt.
-    async fn advance(&self, job: &Job, next: Option<JobKind>, calls: (i64, i64, i64)) -> sqlx::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        if !queue::finish(&mut tx, job, "completed", None).await? {
-            tracing::warn!("lease lost before the stage could be recorded; its work is redone by the new owner");
-            return tx.rollback().await;
-        }
-        db::exports::add_call_stats(&mut tx, job.export_id, calls).await?;
-        let (stage, status) = match next {
-            Some(kind) => {
-                queue::enqueue(&mut tx, job.export_id, kind).await?;
-                (kind.stage(), "running")
+    async fn advance(&self, job: &Job, next: Option<JobKind>) -> sqlx::Result<()> {
+        let recorded = db::retry("recording a finished stage", || async {
+            let mut tx = self.pool.begin().await?;
+            if !queue::finish(&mut tx, job, JobState::Completed, None).await? {
+                tracing::warn!("lease lost before the stage could be recorded; its work is redone by the new owner");
+                tx.rollback().await?;
+                return Ok(None);
             }
-            None => ("finished", "completed"),
-        };
-        let elapsed: Option<f64> = sqlx::query_scalar(
-            "WITH old AS (SELECT stage, stage_started_at FROM exports WHERE id = $1 FOR UPDATE)
-             UPDATE exports e SET stage = $2, status = $3,
-                    stage_started_at = CASE WHEN old.stage = $2 THEN old.stage_started_at ELSE now() END,
-                    finished_at = CASE WHEN $3 = 'completed' THEN now() ELSE e.finished_at END
-               FROM old WHERE e.id = $1
-           RETURNING CASE WHEN old.stage = $2 THEN NULL
-                          ELSE extract(epoch FROM now() - old.stage_started_at)::float8 END",
-        )
-        .bind(job.export_id)
-        .bind(stage)
-        .bind(status)
-        .fetch_one(&mut *tx)
+            let (stage, status) = match next {
+                Some(kind) => {
+                    queue::enqueue(&mut tx, job.export_id, kind).await?;
+                    (kind.stage(), ExportStatus::Running)
+                }
+                None => (Stage::Finished, ExportStatus::Completed),
+            };
+            let elapsed = db::exports::move_to_stage(&mut tx, job.export_id, stage, status).await?;
+            tx.commit().await?;
+            Ok(Some((elapsed, status)))
+        })
         .await?;
-        tx.commit().await?;
+        let Some((elapsed, status)) = recorded else { return Ok(()) };
         if let Some(secs) = elapsed {
-            metrics::histogram!("exporter_stage_duration_seconds", "stage" => job.kind.stage()).record(secs);
+            metrics::histogram!("exporter_stage_duration_seconds", "stage" => job.kind.stage().as_str(), "outcome" => "completed")
+                .record(secs);
         }
-        if status == "completed" {
+        if status == ExportStatus::Completed {
             metrics::counter!("exporter_exports_total", "status" => "completed").increment(1);
             tracing::info!("export completed");
         }
@@ -302,36 +391,97 @@ impl Workers {
 
     async fn fail(&self, job: &Job, message: &str) -> sqlx::Result<()> {
         tracing::error!(error = %message, "export failed");
-        self.end_export(job, "discarded", "failed", Some(message)).await
+        self.end_export(job, JobState::Discarded, ExportStatus::Failed, Some(message)).await
     }
 
-    async fn cancel(&self, job: &Job) -> sqlx::Result<()> {
-        tracing::info!("export cancelled while running");
-        self.end_export(job, "cancelled", "cancelled", None).await
-    }
-
-    async fn end_export(&self, job: &Job, job_state: &str, status: &str, message: Option<&str>) -> sqlx::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        if !queue::finish(&mut tx, job, job_state, message).await? {
-            return tx.rollback().await;
+    async fn end_export(
+        &self,
+        job: &Job,
+        job_state: JobState,
+        status: ExportStatus,
+        message: Option<&str>,
+    ) -> sqlx::Result<()> {
+        if status == ExportStatus::Cancelled {
+            tracing::info!("export cancelled while running");
         }
-        let ended = sqlx::query(
-            "UPDATE exports SET status = $2, finished_at = now(),
-                    error = CASE WHEN $3::text IS NULL THEN NULL
-                                 ELSE jsonb_build_object('stage', stage, 'message', $3::text) END
-              WHERE id = $1 AND status IN ('queued', 'running')",
-        )
-        .bind(job.export_id)
-        .bind(status)
-        .bind(message)
-        .execute(&mut *tx)
+        let ended = db::retry("ending an export", || async {
+            let mut tx = self.pool.begin().await?;
+            if !queue::finish(&mut tx, job, job_state, message).await? {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let ended = db::exports::end(&mut tx, job.export_id, status, message).await?;
+            tx.commit().await?;
+            Ok(ended)
+        })
         .await?;
-        tx.commit().await?;
-        if ended.rows_affected() == 1 {
-            metrics::counter!("exporter_exports_total", "status" => status.to_owned()).increment(1);
+        if ended {
+            metrics::counter!("exporter_exports_total", "status" => status.as_str()).increment(1);
         }
         Ok(())
     }
+
+    /// Hands jobs of crashed workers back to the queue every second (any replica may do it), and
+    /// writes call counts kept in memory while the database was down.
+    async fn rescue(self, shutdown: CancellationToken) {
+        loop {
+            match queue::rescue_abandoned(&self.pool).await {
+                Ok(queue::Rescued { requeued: 0, discarded: 0 }) => {}
+                Ok(r) => {
+                    metrics::counter!("exporter_jobs_rescued_total").increment(r.requeued + r.discarded);
+                    tracing::warn!(requeued = r.requeued, discarded = r.discarded, "rescued jobs of stopped workers");
+                }
+                Err(e) => {
+                    metrics::counter!("exporter_rescuer_errors_total").increment(1);
+                    tracing::warn!(error = %e, "rescuing abandoned jobs failed");
+                }
+            }
+            if !self.unwritten.lock().expect("unwritten map").is_empty() {
+                self.flush_unwritten().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RESCUE_EVERY) => {}
+                _ = shutdown.cancelled() => {
+                    self.flush_unwritten().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How long a stage waits out an Auth0 outage (5xx, network) before the attempt fails.
+const AUTH0_PATIENCE: Duration = Duration::from_secs(3600);
+
+/// Runs an Auth0 call until it answers, waiting out transient failures that outlived the
+/// client's own retries (an outage of minutes), so a long stage does not fail over a burst of
+/// 5xx. Permanent errors return at once; a stop request ends the wait.
+pub async fn patiently<T, F, Fut>(ctx: &StageContext, mut call: F) -> Result<T, Auth0Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Auth0Error>>,
+{
+    let started = Instant::now();
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match call().await {
+            Err(Auth0Error::Transient(e)) if started.elapsed() < AUTH0_PATIENCE => {
+                tracing::warn!(error = %e, ?delay, "Auth0 unavailable; waiting before the next try");
+                ctx.stats.record_retry();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay.mul_f64(0.75 + fastrand::f64() * 0.5)) => {}
+                    _ = ctx.stop.cancelled() => return Err(Auth0Error::Stopped),
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn record_stage_failure(stage: Stage, elapsed: Duration, outcome: &'static str) {
+    metrics::histogram!("exporter_stage_duration_seconds", "stage" => stage.as_str(), "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
 }
 
 async fn run_stage(ctx: &StageContext) -> Result<Step, StageError> {
@@ -344,17 +494,24 @@ async fn run_stage(ctx: &StageContext) -> Result<Step, StageError> {
     }
 }
 
+/// The error of a stage whose lease went to another worker: its outcome is fenced out anyway.
+pub fn lease_lost() -> StageError {
+    StageError::Retry(anyhow::anyhow!("lease lost; another worker owns this stage now"))
+}
+
 /// Drops the role scratch tables and counts the result; the runner marks the export completed.
 async fn finalize(ctx: &StageContext) -> Result<Step, StageError> {
-    let mut tx = ctx.begin_fenced().await?;
-    db::roles::clear(&mut tx, ctx.export.id).await?;
-    let total = db::profiles::count(&mut tx, ctx.export.id).await?;
-    sqlx::query("UPDATE exports SET users_total = $2 WHERE id = $1")
-        .bind(ctx.export.id)
-        .bind(total)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let held = db::retry("finalising", || async {
+        let Some(mut tx) = ctx.begin_fenced().await? else { return Ok(false) };
+        db::roles::clear(&mut tx, ctx.export.id).await?;
+        db::exports::set_total(&mut tx, ctx.export.id).await?;
+        tx.commit().await?;
+        Ok(true)
+    })
+    .await?;
+    if !held {
+        return Err(lease_lost());
+    }
     Ok(Step::Advance(None))
 }
 
@@ -367,13 +524,14 @@ impl Drop for AbortOnDrop {
 }
 
 /// Jittered exponential delay between failed attempts of one stage.
-fn retry_delay(attempt: i32) -> Duration {
-    let base = 2f64.powi(attempt.clamp(0, 8)).min(120.0);
+fn retry_delay(failures: i32) -> Duration {
+    let base = 2f64.powi(failures.clamp(0, 8)).min(120.0);
     Duration::from_secs_f64(base * (0.5 + fastrand::f64()))
 }
 
-/// Renews the lease every third of it; stops the stage when the lease is lost, the export is
-/// cancelled or the process shuts down.
+/// Renews the lease every third of it (at once when a cancel NOTIFY names the export); stops the
+/// stage when the lease is lost, the export is cancelled or the process shuts down. A failed
+/// renewal (Postgres down) keeps going: the lease and the advisory lock decide.
 async fn heartbeat(
     pool: PgPool,
     job: Job,
@@ -381,6 +539,7 @@ async fn heartbeat(
     stop: CancellationToken,
     reason: Arc<AtomicU8>,
     shutdown: CancellationToken,
+    woken: Arc<Notify>,
 ) {
     let stop_with = |why: u8| {
         reason.store(why, Ordering::SeqCst);
@@ -395,44 +554,43 @@ async fn heartbeat(
         }
         tokio::select! {
             _ = tokio::time::sleep(lease / 3) => {}
+            _ = woken.notified() => {}
             _ = shutdown.cancelled() => return stop_with(SHUTTING_DOWN),
         }
     }
 }
 
-/// Returns expired leases to the queue every few seconds (any replica may do it).
-async fn rescue(pool: PgPool, lease: Duration, shutdown: CancellationToken) {
-    let every = (lease / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
-    loop {
-        match queue::rescue_expired(&pool).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(jobs = n, "rescued jobs whose worker stopped heartbeating"),
-            Err(e) => tracing::warn!(error = %e, "rescuing expired leases failed"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
-}
-
-/// Wakes idle workers on NOTIFY; polling is the guarantee, so errors only delay.
-async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// Wakes idle workers on NOTIFY and running stages on a cancel; polling is the guarantee, so
+/// errors only delay. Reconnects with a growing pause so a database outage is not a hot loop.
+async fn listen(pool: PgPool, wake: Arc<Notify>, running: Running, shutdown: CancellationToken) {
+    let mut pause = Duration::from_millis(500);
     while !shutdown.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
+        let connected = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen_all([queue::CHANNEL, queue::CANCEL_CHANNEL]).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match connected.await {
+            Ok(l) => {
+                pause = Duration::from_millis(500);
+                l
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "LISTEN connection failed; workers poll meanwhile");
-                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(5)) => continue, _ = shutdown.cancelled() => return }
+                tracing::warn!(error = %e, ?pause, "LISTEN failed; workers poll meanwhile");
+                tokio::select! { _ = tokio::time::sleep(pause) => {}, _ = shutdown.cancelled() => return }
+                pause = (pause * 2).min(Duration::from_secs(30));
+                continue;
             }
         };
-        if let Err(e) = listener.listen(queue::CHANNEL).await {
-            tracing::warn!(error = %e, "LISTEN failed");
-            continue;
-        }
         loop {
             tokio::select! {
                 n = listener.recv() => match n {
+                    Ok(n) if n.channel() == queue::CANCEL_CHANNEL => {
+                        let export = n.payload().parse::<Uuid>().ok();
+                        if let Some(woken) = export.and_then(|id| running.lock().expect("running map").get(&id).cloned()) {
+                            woken.notify_one();
+                        }
+                    }
                     Ok(_) => wake.notify_waiters(),
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");

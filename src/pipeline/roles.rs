@@ -8,81 +8,93 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use futures_util::{stream, TryStreamExt};
 
-use super::{StageContext, StageError};
+use super::{lease_lost, patiently, StageContext, StageError};
 use crate::{
     auth0::{
         types::{RoleMembersPage, RolesPage},
         Auth0Error,
     },
-    db,
+    db::{self, exports::RolesStrategy},
 };
-
-pub const BY_ROLE: &str = "by_role";
-pub const PER_USER: &str = "per_user";
 
 /// Members per checkpoint page (Auth0's maximum `take`).
 const PAGE: usize = 100;
+/// Profiles whose roles are written per fenced transaction: short enough that heartbeats and
+/// other replicas' rescuers never wait on it.
+const FOLD_BATCH: i64 = 5_000;
 
 /// Decides how roles are fetched and, by role, fetches every membership; returns the strategy to
 /// finish with. The memberships are folded into the profiles by [`fold`] once no other pass
 /// writes to them (two bulk updates of the same rows could deadlock).
-pub async fn enumerate(ctx: &StageContext, users: i64, concurrency: usize) -> Result<&'static str, StageError> {
+pub async fn enumerate(ctx: &StageContext, users: i64, concurrency: usize) -> Result<RolesStrategy, StageError> {
     let export = ctx.export.id;
-    match ctx.export.roles_strategy.as_deref() {
-        Some(PER_USER) => return Ok(PER_USER),
-        Some(_) => {}
+    match ctx.export.roles_strategy {
+        Some(RolesStrategy::PerUser) => return Ok(RolesStrategy::PerUser),
+        Some(RolesStrategy::ByRole) => {}
         None => {
             list_roles(ctx).await?;
-            let roles = db::roles::count_roles(&ctx.pool, export).await?;
+            let roles = db::retry("counting roles", || db::roles::count_roles(&ctx.pool, export)).await?;
             // Each role costs at least one call by role; each user exactly one per user.
-            let strategy = if users < roles { PER_USER } else { BY_ROLE };
+            let strategy = if users < roles { RolesStrategy::PerUser } else { RolesStrategy::ByRole };
             set_strategy(ctx, strategy).await?;
-            if strategy == PER_USER {
-                return Ok(PER_USER);
+            if strategy == RolesStrategy::PerUser {
+                return Ok(strategy);
             }
         }
     }
 
     let budget = AtomicI64::new(users);
-    let unfinished = db::roles::unfinished(&ctx.pool, export).await?;
+    let unfinished = db::retry("reading role checkpoints", || db::roles::unfinished(&ctx.pool, export)).await?;
     let outcome = stream::iter(unfinished.into_iter().map(Ok))
         .try_for_each_concurrent(concurrency.max(1), |(role_id, from)| page_members(ctx, role_id, from, &budget))
         .await;
     match outcome {
-        Ok(()) => Ok(BY_ROLE),
+        Ok(()) => Ok(RolesStrategy::ByRole),
         Err(Enumeration::OverBudget) => {
             tracing::info!(users, "enumerating roles costs more than per-user calls; switching");
-            set_strategy(ctx, PER_USER).await?;
-            Ok(PER_USER)
+            set_strategy(ctx, RolesStrategy::PerUser).await?;
+            Ok(RolesStrategy::PerUser)
         }
         Err(Enumeration::Failed(e)) => Err(e),
     }
 }
 
-/// Writes the enumerated roles into every profile, fenced by the lease: a stale worker must not
-/// rewrite the roles of an export someone else finished.
+/// Writes the enumerated roles into every profile in bounded batches, each fenced by the lease
+/// (a stale worker must not rewrite the roles of an export someone else finished) and
+/// checkpointed, so a resumed fold continues where it stopped.
 pub async fn fold(ctx: &StageContext) -> Result<(), StageError> {
-    let mut tx = ctx.begin_fenced().await?;
-    db::roles::fold_into_profiles(&mut tx, ctx.export.id).await?;
-    sqlx::query("UPDATE exports SET roles_fetched = true WHERE id = $1").bind(ctx.export.id).execute(&mut *tx).await?;
-    ctx.flush_stats(&mut tx).await?;
-    tx.commit().await?;
-    Ok(())
+    let mut after = ctx.export.roles_folded_after.clone();
+    loop {
+        let step = db::retry("folding roles into profiles", || async {
+            let Some(mut tx) = ctx.begin_fenced().await? else { return Ok(None) };
+            let last = db::roles::fold_into_profiles(&mut tx, ctx.export.id, after.as_deref(), FOLD_BATCH).await?;
+            db::exports::set_roles_folded(&mut tx, ctx.export.id, last.as_deref().or(after.as_deref()), last.is_none())
+                .await?;
+            ctx.flush_stats(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Some(last))
+        })
+        .await?;
+        match step {
+            None => return Err(lease_lost()),
+            Some(Some(last)) => after = Some(last),
+            Some(None) => return Ok(()),
+        }
+    }
 }
 
-async fn set_strategy(ctx: &StageContext, strategy: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE exports SET roles_strategy = $2 WHERE id = $1")
-        .bind(ctx.export.id)
-        .bind(strategy)
-        .execute(&ctx.pool)
+async fn set_strategy(ctx: &StageContext, strategy: RolesStrategy) -> sqlx::Result<()> {
+    db::retry("recording the roles strategy", || db::exports::set_roles_strategy(&ctx.pool, ctx.export.id, strategy))
         .await
-        .map(drop)
 }
 
 async fn list_roles(ctx: &StageContext) -> Result<(), StageError> {
-    let roles = ctx.client.get_all::<RolesPage>("GET /api/v2/roles", &["roles"], &ctx.stats).await?;
-    let mut conn = ctx.pool.acquire().await?;
-    db::roles::store_roles(&mut conn, ctx.export.id, &roles).await?;
+    let roles = patiently(ctx, || ctx.client.get_all::<RolesPage>("GET /api/v2/roles", &["roles"], &ctx.stats)).await?;
+    db::retry("storing roles", || async {
+        let mut conn = ctx.pool.acquire().await?;
+        db::roles::store_roles(&mut conn, ctx.export.id, &roles).await
+    })
+    .await?;
     Ok(())
 }
 
@@ -120,7 +132,10 @@ async fn page_members(
             query.push(("from", f));
         }
         let url = ctx.client.api_url(&["roles", &role_id, "users"], &query);
-        let page: RoleMembersPage = match ctx.client.get("GET /api/v2/roles/{id}/users", url, &ctx.stats).await {
+        let page = patiently(ctx, || {
+            ctx.client.get::<RoleMembersPage>("GET /api/v2/roles/{id}/users", url.clone(), &ctx.stats)
+        });
+        let page = match page.await {
             Ok(page) => page,
             // Deleted since it was listed: nobody holds it any more.
             Err(Auth0Error::NotFound(_)) => RoleMembersPage { users: vec![], next: None },
@@ -129,7 +144,10 @@ async fn page_members(
         let users: Vec<String> = page.users.into_iter().map(|u| u.user_id).collect();
         // An empty page with a cursor would loop forever; treat it as the end.
         let next = page.next.filter(|n| !n.is_empty() && !users.is_empty());
-        db::roles::store_members_page(&ctx.pool, ctx.export.id, &role_id, &users, next.as_deref()).await?;
+        db::retry("storing a page of role members", || {
+            db::roles::store_members_page(&ctx.pool, ctx.export.id, &role_id, &users, next.as_deref())
+        })
+        .await?;
         match next {
             Some(n) => from = Some(n),
             None => return Ok(()),

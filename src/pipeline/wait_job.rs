@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use super::{create_job::MAX_AUTH0_JOBS, StageContext, StageError, Step};
+use super::{create_job::MAX_AUTH0_JOBS, lease_lost, patiently, StageContext, StageError, Step};
 use crate::{
     auth0::{types::ExportJob, Auth0Error},
+    db,
     queue::JobKind,
 };
 
@@ -18,7 +19,8 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
         return Ok(Step::Advance(Some(JobKind::CreateJob)));
     };
     let url = ctx.client.api_url(&["jobs", job_id], &[]);
-    let job: ExportJob = match ctx.client.get("GET /api/v2/jobs/{id}", url, &ctx.stats).await {
+    let job = patiently(ctx, || ctx.client.get::<ExportJob>("GET /api/v2/jobs/{id}", url.clone(), &ctx.stats));
+    let job = match job.await {
         Ok(job) => job,
         // Auth0 deletes job data after 24 h: the same as an expired job.
         Err(Auth0Error::NotFound(_)) => return replace_job(ctx, "the Auth0 job no longer exists").await,
@@ -43,13 +45,11 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     }
 }
 
-/// Keeps the last known figure when Auth0 omits `percentage_done`.
 async fn store_percent_done(ctx: &StageContext, percent: Option<i32>) -> Result<(), StageError> {
-    sqlx::query("UPDATE exports SET job_percent_done = COALESCE($2, job_percent_done) WHERE id = $1")
-        .bind(ctx.export.id)
-        .bind(percent)
-        .execute(&ctx.pool)
-        .await?;
+    db::retry("recording the Auth0 job's progress", || {
+        db::exports::set_job_percent_done(&ctx.pool, ctx.export.id, percent)
+    })
+    .await?;
     Ok(())
 }
 
@@ -65,13 +65,16 @@ pub async fn replace_job(ctx: &StageContext, why: &str) -> Result<Step, StageErr
         return Err(StageError::Fail(format!("{why}, and {MAX_AUTH0_JOBS} Auth0 jobs were tried")));
     }
     tracing::warn!(reason = why, "replacing the Auth0 export job");
-    let mut tx = ctx.begin_fenced().await?;
-    sqlx::query("DELETE FROM profiles WHERE export_id = $1").bind(ctx.export.id).execute(&mut *tx).await?;
-    sqlx::query("UPDATE exports SET auth0_job_id = NULL, users_downloaded = 0, job_percent_done = NULL WHERE id = $1")
-        .bind(ctx.export.id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let held = db::retry("replacing the Auth0 job", || async {
+        let Some(mut tx) = ctx.begin_fenced().await? else { return Ok(false) };
+        db::exports::forget_auth0_job(&mut tx, ctx.export.id).await?;
+        tx.commit().await?;
+        Ok(true)
+    })
+    .await?;
+    if !held {
+        return Err(lease_lost());
+    }
     Ok(Step::Advance(Some(JobKind::CreateJob)))
 }
 

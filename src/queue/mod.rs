@@ -1,7 +1,9 @@
 //! The Postgres job queue: enqueue, claim (`SKIP LOCKED`), lease heartbeats, fenced finishes, rescue.
 //!
 //! Every state change of a running job is fenced by `attempt`, so a worker that lost its lease
-//! cannot overwrite the one that took over.
+//! cannot overwrite the one that took over. A claiming session also holds a session-level
+//! advisory lock on the job: Postgres drops it the moment the process's connection dies, so the
+//! rescuer sees a crashed worker at once instead of waiting for its lease to run out.
 
 use std::time::Duration;
 
@@ -11,8 +13,13 @@ use uuid::Uuid;
 
 /// The channel LISTEN/NOTIFY uses to wake idle workers.
 pub const CHANNEL: &str = "queue_jobs";
+/// The channel that tells the process running an export that it was cancelled (payload: its id).
+pub const CANCEL_CHANNEL: &str = "export_cancel";
+/// First key of the two-key advisory locks held on running jobs (the second is the job id).
+const LOCK_CLASS: i32 = 0x0A0E_0001;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     CreateJob,
@@ -23,6 +30,9 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    pub const ALL: [JobKind; 5] =
+        [JobKind::CreateJob, JobKind::WaitJob, JobKind::Download, JobKind::Enrich, JobKind::Finalize];
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::CreateJob => "create_job",
@@ -33,29 +43,39 @@ impl JobKind {
         }
     }
 
-    fn parse(s: &str) -> Option<JobKind> {
-        [JobKind::CreateJob, JobKind::WaitJob, JobKind::Download, JobKind::Enrich, JobKind::Finalize]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
-
     /// The export stage a job of this kind runs.
-    pub fn stage(self) -> &'static str {
+    pub fn stage(self) -> crate::db::exports::Stage {
+        use crate::db::exports::Stage;
         match self {
-            JobKind::CreateJob => "creating_job",
-            JobKind::WaitJob => "waiting_for_job",
-            JobKind::Download => "downloading",
-            JobKind::Enrich | JobKind::Finalize => "enriching",
+            JobKind::CreateJob => Stage::CreatingJob,
+            JobKind::WaitJob => Stage::WaitingForJob,
+            JobKind::Download => Stage::Downloading,
+            JobKind::Enrich | JobKind::Finalize => Stage::Enriching,
         }
     }
 }
 
-#[derive(Clone, Debug)]
+/// River's job states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum JobState {
+    Available,
+    Running,
+    Retryable,
+    Completed,
+    Cancelled,
+    Discarded,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Job {
     pub id: i64,
     pub export_id: Uuid,
     pub kind: JobKind,
+    /// Grows with every claim: the fencing token of this run.
     pub attempt: i32,
+    /// Failures since the job last made progress; `max_attempts` bounds these.
+    pub errors: i32,
     pub max_attempts: i32,
 }
 
@@ -63,30 +83,43 @@ pub struct Job {
 pub async fn enqueue(conn: &mut PgConnection, export_id: Uuid, kind: JobKind) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO queue_jobs (export_id, kind) VALUES ($1, $2)")
         .bind(export_id)
-        .bind(kind.as_str())
+        .bind(kind)
         .execute(&mut *conn)
         .await?;
     sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *conn).await?;
     Ok(())
 }
 
-/// Claims the oldest runnable job, marking it running under a lease, in one statement.
-pub async fn claim(pool: &PgPool, worker: &str, lease: Duration) -> sqlx::Result<Option<Job>> {
-    let row: Option<(i64, Uuid, String, i32, i32)> = sqlx::query_as(
+/// Claims the oldest runnable job this binary knows, marking it running under a lease, in one
+/// statement that also takes the job's advisory lock on `conn`'s session. Kinds added by a newer
+/// release are left for replicas that know them.
+#[tracing::instrument(skip_all)]
+pub async fn claim(conn: &mut PgConnection, worker: &str, lease: Duration) -> sqlx::Result<Option<Job>> {
+    let kinds: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
+    sqlx::query_as(
         "UPDATE queue_jobs SET state = 'running', attempt = attempt + 1, locked_by = $1,
-                lease_expires_at = now() + make_interval(secs => $2)
+                lease_expires_at = now() + make_interval(secs => $2), claimed_at = now()
           WHERE id = (SELECT id FROM queue_jobs
-                       WHERE state IN ('available', 'retryable') AND run_at <= now()
+                       WHERE state IN ('available', 'retryable') AND run_at <= now() AND kind = ANY($3)
                        ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-      RETURNING id, export_id, kind, attempt, max_attempts",
+      RETURNING id, export_id, kind, attempt, errors, max_attempts, pg_try_advisory_lock($4, id::int4) AS locked",
     )
     .bind(worker)
     .bind(lease.as_secs_f64())
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.and_then(|(id, export_id, kind, attempt, max_attempts)| {
-        Some(Job { id, export_id, kind: JobKind::parse(&kind)?, attempt, max_attempts })
-    }))
+    .bind(kinds)
+    .bind(LOCK_CLASS)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Releases the advisory lock [`claim`] took on this session.
+pub async fn unlock(conn: &mut PgConnection, job: &Job) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_unlock($1, $2::int4)")
+        .bind(LOCK_CLASS)
+        .bind(job.id as i32)
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 /// What a heartbeat learned.
@@ -114,7 +147,7 @@ pub async fn heartbeat(pool: &PgPool, job: &Job, lease: Duration) -> sqlx::Resul
 }
 
 /// Ends a running job in the caller's transaction; false when the lease was lost meanwhile.
-pub async fn finish(conn: &mut PgConnection, job: &Job, state: &str, error: Option<&str>) -> sqlx::Result<bool> {
+pub async fn finish(conn: &mut PgConnection, job: &Job, state: JobState, error: Option<&str>) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE queue_jobs SET state = $3, finished_at = now(), last_error = COALESCE($4, last_error),
                 lease_expires_at = NULL
@@ -129,18 +162,27 @@ pub async fn finish(conn: &mut PgConnection, job: &Job, state: &str, error: Opti
     Ok(done.rows_affected() == 1)
 }
 
-/// Runs the job again later. A snooze (waiting on Auth0) and a shutdown hand the attempt back;
-/// a failure keeps it, so `max_attempts` bounds real failures only.
+/// Why a running job goes back to the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Waiting on Auth0 (it answered: progress), a shutdown, a tenant this replica lacks: no
+    /// failure is counted and the failure budget is restored.
+    Snooze,
+    /// The stage failed: one more error against `max_attempts`.
+    Failed,
+}
+
+/// Runs the job again after `delay`.
 pub async fn reschedule(
     pool: &PgPool,
     job: &Job,
     delay: Duration,
-    give_back_attempt: bool,
+    why: Requeue,
     error: Option<&str>,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE queue_jobs SET state = CASE WHEN $4 THEN 'available' ELSE 'retryable' END,
-                attempt = attempt - CASE WHEN $4 THEN 1 ELSE 0 END,
+        "UPDATE queue_jobs SET state = CASE WHEN $4 THEN 'retryable' ELSE 'available' END,
+                errors = CASE WHEN $4 THEN errors + 1 ELSE 0 END,
                 run_at = now() + make_interval(secs => $3), locked_by = NULL, lease_expires_at = NULL,
                 last_error = COALESCE($5, last_error)
           WHERE id = $1 AND attempt = $2 AND state = 'running'",
@@ -148,11 +190,21 @@ pub async fn reschedule(
     .bind(job.id)
     .bind(job.attempt)
     .bind(delay.as_secs_f64())
-    .bind(give_back_attempt)
+    .bind(why == Requeue::Failed)
     .bind(error)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Progress restores the failure budget: a long stage that keeps moving never runs out of it.
+pub async fn reset_errors(conn: &mut PgConnection, job: &Job) -> sqlx::Result<()> {
+    sqlx::query("UPDATE queue_jobs SET errors = 0 WHERE id = $1 AND attempt = $2 AND errors > 0")
+        .bind(job.id)
+        .bind(job.attempt)
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 /// Locks the job's row while this attempt still holds it; false when the lease was lost.
@@ -166,30 +218,68 @@ pub async fn hold(conn: &mut PgConnection, job: &Job) -> sqlx::Result<bool> {
     Ok(held.is_some())
 }
 
-/// Returns running jobs whose lease expired (their worker died) to the queue; a job whose
-/// workers died `max_attempts` times fails its export instead of looping forever.
-pub async fn rescue_expired(pool: &PgPool) -> sqlx::Result<u64> {
-    sqlx::query(
-        "WITH dead AS (
-            UPDATE queue_jobs SET state = 'discarded', finished_at = now(),
-                   last_error = 'lease expired on the last attempt: the worker kept dying'
-             WHERE state = 'running' AND lease_expires_at < now() AND attempt >= max_attempts
-         RETURNING export_id, attempt)
-         UPDATE exports e SET status = 'failed', finished_at = now(),
-                error = jsonb_build_object('stage', e.stage, 'message',
-                        format('the worker running this stage stopped %s times without finishing', dead.attempt))
-           FROM dead WHERE e.id = dead.export_id AND e.status IN ('queued', 'running')",
+/// What one rescue pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rescued {
+    /// Jobs handed back to the queue.
+    pub requeued: u64,
+    /// Jobs whose workers kept dying without progress: their exports failed.
+    pub discarded: u64,
+}
+
+/// Returns running jobs whose worker is gone to the queue, in one transaction. A worker is gone
+/// when its session no longer holds the job's advisory lock (its connection died: a crash) or
+/// its lease expired (the backstop, and the only sign for jobs claimed without a lock). A job
+/// whose workers died `max_attempts` times without progress fails its export instead.
+#[tracing::instrument(skip_all)]
+pub async fn rescue_abandoned(pool: &PgPool) -> sqlx::Result<Rescued> {
+    let mut tx = pool.begin().await?;
+    let abandoned: Vec<(i64, i32, i32)> = sqlx::query_as(
+        "SELECT q.id, q.errors, q.max_attempts FROM queue_jobs q
+          WHERE q.state = 'running'
+            AND (q.lease_expires_at < now()
+                 OR (q.claimed_at IS NOT NULL AND NOT EXISTS (
+                        SELECT 1 FROM pg_locks l
+                         WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                           AND l.classid = $1::int8::oid AND l.objid = (q.id::int4)::int8::oid AND l.objsubid = 2
+                           AND l.granted)))
+          FOR UPDATE SKIP LOCKED",
     )
-    .execute(pool)
+    .bind(LOCK_CLASS)
+    .fetch_all(&mut *tx)
     .await?;
-    let done = sqlx::query(
-        "UPDATE queue_jobs SET state = 'retryable', run_at = now(), locked_by = NULL,
-                last_error = 'lease expired: the worker stopped heartbeating'
-          WHERE state = 'running' AND lease_expires_at < now()",
-    )
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
+    let (dead, retry): (Vec<_>, Vec<_>) = abandoned.into_iter().partition(|(_, errors, max)| errors + 1 >= *max);
+    let dead: Vec<i64> = dead.into_iter().map(|(id, ..)| id).collect();
+    let retry: Vec<i64> = retry.into_iter().map(|(id, ..)| id).collect();
+    if !dead.is_empty() {
+        sqlx::query(
+            "WITH dead AS (
+                UPDATE queue_jobs SET state = 'discarded', finished_at = now(), errors = errors + 1,
+                       lease_expires_at = NULL,
+                       last_error = 'the worker running this job stopped too many times without progress'
+                 WHERE id = ANY($1) RETURNING export_id, errors)
+             UPDATE exports e SET status = 'failed', finished_at = now(),
+                    error = jsonb_build_object('stage', e.stage, 'message',
+                            format('the worker running this stage stopped %s times without making progress', dead.errors))
+               FROM dead WHERE e.id = dead.export_id AND e.status IN ('queued', 'running')",
+        )
+        .bind(&dead)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !retry.is_empty() {
+        sqlx::query(
+            "UPDATE queue_jobs SET state = 'retryable', run_at = now(), locked_by = NULL, lease_expires_at = NULL,
+                    errors = errors + 1, last_error = 'the worker running this job stopped (crash or lost connection)'
+              WHERE id = ANY($1)",
+        )
+        .bind(&retry)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(Rescued { requeued: retry.len() as u64, discarded: dead.len() as u64 })
 }
 
 /// Jobs waiting to run (ready now or scheduled).
@@ -199,7 +289,8 @@ pub async fn depth(pool: &PgPool) -> sqlx::Result<i64> {
         .await
 }
 
-/// Cancels the export's jobs that no worker holds; returns whether one is still running.
+/// Cancels the export's jobs that no worker holds; returns whether one is still running (its
+/// worker is woken through [`CANCEL_CHANNEL`] when the caller commits).
 pub async fn cancel_idle_jobs(conn: &mut PgConnection, export_id: Uuid) -> sqlx::Result<bool> {
     sqlx::query(
         "UPDATE queue_jobs SET state = 'cancelled', finished_at = now()
@@ -208,8 +299,13 @@ pub async fn cancel_idle_jobs(conn: &mut PgConnection, export_id: Uuid) -> sqlx:
     .bind(export_id)
     .execute(&mut *conn)
     .await?;
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM queue_jobs WHERE export_id = $1 AND state = 'running')")
-        .bind(export_id)
-        .fetch_one(conn)
-        .await
+    let running: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM queue_jobs WHERE export_id = $1 AND state = 'running')")
+            .bind(export_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if running {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(CANCEL_CHANNEL).bind(export_id.to_string()).execute(conn).await?;
+    }
+    Ok(running)
 }

@@ -3,5 +3,6 @@
 
 mod exports;
 mod helpers;
+mod proxy;
 mod reliability;
 mod requests;

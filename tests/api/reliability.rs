@@ -4,7 +4,7 @@ use std::{process::Stdio, time::Duration};
 
 use auth0_exporter::{
     app::Role,
-    queue::{self, Heartbeat, JobKind},
+    queue::{self, Heartbeat, JobKind, JobState, Requeue, Rescued},
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -91,23 +91,79 @@ async fn a_lost_lease_fences_the_old_worker_out() {
     let pool = fresh_pool().await;
     let export = new_export(&pool).await;
     let lease = Duration::from_secs(30);
-    let first = queue::claim(&pool, "a", lease).await.unwrap().expect("a job");
+    let (mut a, mut b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+    let first = queue::claim(&mut a, "a", lease).await.unwrap().expect("a job");
     assert_eq!(first.export_id, export);
-    assert!(queue::claim(&pool, "b", lease).await.unwrap().is_none(), "a claimed job is not claimed twice");
+    assert!(queue::claim(&mut b, "b", lease).await.unwrap().is_none(), "a claimed job is not claimed twice");
+    assert_eq!(queue::rescue_abandoned(&pool).await.unwrap(), Rescued::default(), "a live worker keeps its job");
 
     // Worker a stalls: its lease runs out and the rescuer hands the job to b.
     sqlx::query("UPDATE queue_jobs SET lease_expires_at = now() - interval '1 second'").execute(&pool).await.unwrap();
-    assert_eq!(queue::rescue_expired(&pool).await.unwrap(), 1);
-    let second = queue::claim(&pool, "b", lease).await.unwrap().expect("rescued job");
+    assert_eq!(queue::rescue_abandoned(&pool).await.unwrap(), Rescued { requeued: 1, discarded: 0 });
+    queue::unlock(&mut a, &first).await.unwrap();
+    let second = queue::claim(&mut b, "b", lease).await.unwrap().expect("rescued job");
     assert_eq!(second.id, first.id);
     assert_eq!(second.attempt, first.attempt + 1);
+    assert_eq!(second.errors, 1, "a worker that stopped counts as a failure");
 
     assert_eq!(queue::heartbeat(&pool, &first, lease).await.unwrap(), Heartbeat::Lost);
     let mut conn = pool.acquire().await.unwrap();
-    assert!(!queue::finish(&mut conn, &first, "completed", None).await.unwrap(), "the old attempt cannot finish");
-    assert!(!queue::reschedule(&pool, &first, Duration::ZERO, true, None).await.unwrap());
+    assert!(
+        !queue::finish(&mut conn, &first, JobState::Completed, None).await.unwrap(),
+        "the old attempt cannot finish"
+    );
+    assert!(!queue::reschedule(&pool, &first, Duration::ZERO, Requeue::Snooze, None).await.unwrap());
     assert_eq!(queue::heartbeat(&pool, &second, lease).await.unwrap(), Heartbeat::Held { cancel_requested: false });
-    assert!(queue::finish(&mut conn, &second, "completed", None).await.unwrap());
+    assert!(queue::finish(&mut conn, &second, JobState::Completed, None).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_closed_session_is_rescued_at_once_without_waiting_for_the_lease() {
+    let pool = fresh_pool().await;
+    new_export(&pool).await;
+    let lease = Duration::from_secs(600);
+    let mut session = pool.acquire().await.unwrap().detach();
+    let job = queue::claim(&mut session, "a", lease).await.unwrap().expect("a job");
+    assert_eq!(queue::rescue_abandoned(&pool).await.unwrap(), Rescued::default());
+    // The process dies: Postgres drops its session and with it the advisory lock.
+    drop(session);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let rescued = queue::rescue_abandoned(&pool).await.unwrap();
+        if rescued.requeued == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the dead session's job was never rescued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut other = pool.acquire().await.unwrap();
+    let again = queue::claim(&mut other, "b", lease).await.unwrap().expect("the job is claimable again");
+    assert_eq!((again.id, again.attempt), (job.id, job.attempt + 1));
+}
+
+#[tokio::test]
+async fn failures_in_a_row_exhaust_the_budget_but_progress_restores_it() {
+    let pool = fresh_pool().await;
+    let export = new_export(&pool).await;
+    let lease = Duration::from_secs(30);
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("UPDATE queue_jobs SET max_attempts = 3").execute(&pool).await.unwrap();
+    for round in 0..5 {
+        // Two failures, then progress: never three in a row.
+        for _ in 0..2 {
+            let job = queue::claim(&mut conn, "a", lease).await.unwrap().expect("a job");
+            assert!(queue::reschedule(&pool, &job, Duration::ZERO, Requeue::Failed, Some("boom")).await.unwrap());
+            queue::unlock(&mut conn, &job).await.unwrap();
+        }
+        let job = queue::claim(&mut conn, "a", lease).await.unwrap().expect("a job");
+        assert_eq!(job.errors, 2, "round {round}");
+        queue::reset_errors(&mut conn, &job).await.unwrap();
+        assert!(queue::reschedule(&pool, &job, Duration::ZERO, Requeue::Snooze, None).await.unwrap());
+        queue::unlock(&mut conn, &job).await.unwrap();
+    }
+    let job = queue::claim(&mut conn, "a", lease).await.unwrap().expect("a job");
+    assert_eq!((job.errors, job.attempt), (0, 16), "attempt keeps growing as the fencing token");
+    let _ = export;
 }
 
 #[tokio::test]
@@ -115,13 +171,15 @@ async fn snoozes_and_shutdowns_do_not_burn_attempts() {
     let pool = fresh_pool().await;
     new_export(&pool).await;
     let lease = Duration::from_secs(30);
-    let job = queue::claim(&pool, "a", lease).await.unwrap().unwrap();
-    assert_eq!(job.attempt, 1);
-    assert!(queue::reschedule(&pool, &job, Duration::ZERO, true, None).await.unwrap());
-    let again = queue::claim(&pool, "a", lease).await.unwrap().unwrap();
-    assert_eq!(again.attempt, 1, "a snooze hands the attempt back");
-    assert!(queue::reschedule(&pool, &again, Duration::from_secs(60), false, Some("boom")).await.unwrap());
-    assert!(queue::claim(&pool, "a", lease).await.unwrap().is_none(), "a retry waits for its run_at");
+    let mut conn = pool.acquire().await.unwrap();
+    let job = queue::claim(&mut conn, "a", lease).await.unwrap().unwrap();
+    assert_eq!((job.attempt, job.errors), (1, 0));
+    assert!(queue::reschedule(&pool, &job, Duration::ZERO, Requeue::Snooze, None).await.unwrap());
+    queue::unlock(&mut conn, &job).await.unwrap();
+    let again = queue::claim(&mut conn, "a", lease).await.unwrap().unwrap();
+    assert_eq!(again.errors, 0, "a snooze counts no failure");
+    assert!(queue::reschedule(&pool, &again, Duration::from_secs(60), Requeue::Failed, Some("boom")).await.unwrap());
+    assert!(queue::claim(&mut conn, "a", lease).await.unwrap().is_none(), "a retry waits for its run_at");
 }
 
 #[tokio::test]
@@ -162,17 +220,13 @@ async fn shutdown_hands_running_work_back() {
     let id = api.create_export(json!({})).await;
     api.wait_until(&id, "enriching", |e| e["progress"]["users_enriched"].as_u64().unwrap_or(0) > 5).await;
     app.shutdown().await;
-    let (state, attempt): (String, i32) =
-        sqlx::query_as("SELECT state, attempt FROM queue_jobs WHERE export_id = $1::uuid AND kind = 'enrich'")
+    let (state, errors): (String, i32) =
+        sqlx::query_as("SELECT state, errors FROM queue_jobs WHERE export_id = $1::uuid AND kind = 'enrich'")
             .bind(&id)
             .fetch_one(&api.pool)
             .await
             .unwrap();
-    assert_eq!(
-        (state.as_str(), attempt),
-        ("available", 0),
-        "the interrupted stage is queued again, attempt given back"
-    );
+    assert_eq!((state.as_str(), errors), ("available", 0), "the interrupted stage is queued again, no failure counted");
     let _worker = spawn_replica(api.sim.clone(), &api.database_url, 25.0, Role::Worker).await;
     api.wait_for(&id, "completed").await;
     let served = api.all_profiles(&id, "", 100).await;

@@ -1,0 +1,17 @@
+-- Exact documents, progress-restored retry budgets, bounded role folding.
+
+-- The exported line exactly as Auth0 wrote it: jsonb would reorder keys, normalise numbers and
+-- refuse U+0000. Rows stored before this migration keep their jsonb `doc`.
+ALTER TABLE profiles ADD COLUMN raw text;
+ALTER TABLE profiles ALTER COLUMN doc DROP NOT NULL;
+ALTER TABLE profiles ADD CONSTRAINT profiles_has_document CHECK (raw IS NOT NULL OR doc IS NOT NULL);
+
+-- `attempt` stays the fencing token (it only grows); `errors` counts failures since the job last
+-- made progress, and that is what `max_attempts` bounds: a 17-hour stage that keeps moving never
+-- runs out of retries.
+ALTER TABLE queue_jobs ADD COLUMN errors integer NOT NULL DEFAULT 0;
+ALTER TABLE queue_jobs ADD COLUMN claimed_at timestamptz;
+
+-- Role memberships are folded into profiles in bounded batches; this is the last user_id folded.
+ALTER TABLE exports ADD COLUMN roles_folded_after text COLLATE "C";
+
