@@ -28,3 +28,4 @@ if command -v psql >/dev/null; then
 fi
 
 cargo test --workspace --all-targets --locked "$@"
+scripts/sdk-check.sh
