@@ -253,3 +253,75 @@ pub fn truth_has_mfa(t: &Value) -> bool {
         || t["authenticators"].as_array().unwrap().iter().any(factor)
         || t["enrollments"].as_array().unwrap().iter().any(|e| e["status"] == "confirmed")
 }
+
+/// A JSON value compared exactly: numbers by their text (every digit), strings decoded, keys
+/// unordered (the last of a repeated key wins), whitespace ignored.
+#[derive(Debug, PartialEq)]
+pub enum Exact {
+    Null,
+    Bool(bool),
+    Num(String),
+    Str(String),
+    Arr(Vec<Exact>),
+    Obj(std::collections::BTreeMap<String, Exact>),
+}
+
+pub fn exact(text: &str) -> Exact {
+    use serde_json::value::RawValue;
+    let t = text.trim();
+    match t.as_bytes().first() {
+        Some(b'{') => {
+            let members: Vec<(String, &RawValue)> = serde_json::from_str::<ExactObject>(t).expect("an object").0;
+            Exact::Obj(members.into_iter().map(|(k, v)| (k, exact(v.get()))).collect())
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(t).expect("an array");
+            Exact::Arr(items.into_iter().map(|v| exact(v.get())).collect())
+        }
+        Some(b'"') => Exact::Str(serde_json::from_str(t).expect("a string")),
+        Some(b't') => Exact::Bool(true),
+        Some(b'f') => Exact::Bool(false),
+        Some(b'n') => Exact::Null,
+        _ => Exact::Num(t.to_owned()),
+    }
+}
+
+/// An object's members in order, each value as text.
+struct ExactObject<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for ExactObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ExactObject<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
+                let mut out = Vec::new();
+                while let Some(e) = m.next_entry()? {
+                    out.push(e);
+                }
+                Ok(ExactObject(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The sim's exact ground truth restricted to what an export requested, keyed by user_id.
+pub fn exact_truth(sim: &auth0_sim::Sim, enrich: &[&str]) -> Vec<(String, Exact)> {
+    sim.truth_lines()
+        .iter()
+        .map(|line| {
+            let Exact::Obj(mut obj) = exact(line) else { panic!("truth lines are objects") };
+            for key in ["roles", "authentication_methods", "authenticators", "enrollments"] {
+                if !enrich.contains(&key) {
+                    obj.remove(key);
+                }
+            }
+            let Some(Exact::Str(id)) = obj.get("user_id") else { panic!("truth has user_id") };
+            (id.clone(), Exact::Obj(obj))
+        })
+        .collect()
+}

@@ -1,6 +1,7 @@
 //! Integration tests: the real service on port 0 against a real Postgres (a fresh database per
 //! test) and auth0-sim over real HTTP.
 
+mod exact;
 mod exports;
 mod helpers;
 mod proxy;
