@@ -10,7 +10,10 @@ ALTER TABLE profiles ADD CONSTRAINT profiles_has_document CHECK (raw IS NOT NULL
 -- made progress, and that is what `max_attempts` bounds: a 17-hour stage that keeps moving never
 -- runs out of retries.
 ALTER TABLE queue_jobs ADD COLUMN errors integer NOT NULL DEFAULT 0;
+-- Set by workers that hold a session-level advisory lock on the job while running it and beat
+-- every second: a job whose lock is gone and whose beat stopped has lost its worker.
 ALTER TABLE queue_jobs ADD COLUMN claimed_at timestamptz;
+ALTER TABLE queue_jobs ADD COLUMN heartbeat_at timestamptz;
 
 -- Role memberships are folded into profiles in bounded batches; this is the last user_id folded.
 ALTER TABLE exports ADD COLUMN roles_folded_after text COLLATE "C";

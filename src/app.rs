@@ -57,7 +57,7 @@ impl Application {
         if role != Role::Worker && settings.api_tokens.is_empty() {
             tracing::warn!("API_TOKENS is empty: every /v1 request will be refused with 401");
         }
-        let tenants = Tenants::new(&settings.tenants, &pool)?;
+        let tenants = Tenants::new(&settings.tenants, &pool, settings.worker.auth0_retry_base())?;
         let listener = match role {
             Role::Worker => None,
             _ => Some(

@@ -49,6 +49,9 @@ pub struct WorkerSettings {
     /// Per-user calls in flight per export; `None` sizes it from the rate limit.
     #[serde(default)]
     pub enrich_concurrency: Option<usize>,
+    /// First wait of an Auth0 call's bounded retries (5xx, network); later waits double, four
+    /// retries in all. Stages then wait out longer outages on their own, starting at 4 × this.
+    pub auth0_retry_base_ms: u64,
 }
 
 impl WorkerSettings {
@@ -60,6 +63,9 @@ impl WorkerSettings {
     }
     /// How long a stopping stage may spend storing what it received: the grace period, less a
     /// second for giving the lease back.
+    pub fn auth0_retry_base(&self) -> Duration {
+        Duration::from_millis(self.auth0_retry_base_ms.max(1))
+    }
     pub fn drain_budget(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs.saturating_sub(1).max(1))
     }

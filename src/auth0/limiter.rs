@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
+use crate::db;
+
 pub struct RateLimiter {
     pool: PgPool,
     tenant: String,
@@ -100,16 +102,11 @@ impl RateLimiter {
     async fn reserve(&self, k: u32) -> sqlx::Result<Instant> {
         // The statement returns how far the new theoretical arrival time lies ahead of the
         // database clock; our k slots end there.
-        let ahead: f64 = sqlx::query_scalar(
-            "INSERT INTO rate_limits (tenant, tat) VALUES ($1, clock_timestamp() + make_interval(secs => $2))
-             ON CONFLICT (tenant) DO UPDATE
-                SET tat = GREATEST(rate_limits.tat, clock_timestamp()) + make_interval(secs => $2)
-             RETURNING extract(epoch FROM tat - clock_timestamp())::float8",
-        )
-        .bind(&self.tenant)
-        .bind(self.interval * f64::from(k))
-        .fetch_one(&self.pool)
-        .await?;
+        let secs = self.interval * f64::from(k);
+        // A database blip must not fail a stage: the reservation waits for Postgres.
+        let ahead =
+            db::retry("reserving rate-limit slots", || db::rate_limits::reserve(&self.pool, &self.tenant, secs))
+                .await?;
         let first = ahead - self.interval * f64::from(k);
         let now = Instant::now();
         Ok(if first >= 0.0 { now + Duration::from_secs_f64(first) } else { now })
@@ -137,16 +134,7 @@ impl RateLimiter {
     async fn push_back(&self, delay: f64) -> sqlx::Result<()> {
         // Slots reserved before the push are void: the next request reserves after it.
         self.local.lock().await.left = 0;
-        sqlx::query(
-            "INSERT INTO rate_limits (tenant, tat) VALUES ($1, clock_timestamp() + make_interval(secs => $2))
-             ON CONFLICT (tenant) DO UPDATE
-                SET tat = GREATEST(rate_limits.tat, clock_timestamp() + make_interval(secs => $2))",
-        )
-        .bind(&self.tenant)
-        .bind(delay.clamp(0.0, MAX_PUSH))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        db::rate_limits::push_back(&self.pool, &self.tenant, delay.clamp(0.0, MAX_PUSH)).await
     }
 }
 

@@ -110,6 +110,8 @@ pub struct Auth0Client {
     http: reqwest::Client,
     token: TokenCache,
     limiter: RateLimiter,
+    /// First wait of the bounded per-call retries; later waits double.
+    pub retry_base: Duration,
 }
 
 /// The clients of every configured tenant.
@@ -117,7 +119,7 @@ pub struct Auth0Client {
 pub struct Tenants(Arc<HashMap<String, Arc<Auth0Client>>>);
 
 impl Tenants {
-    pub fn new(configs: &[TenantConfig], pool: &PgPool) -> anyhow::Result<Tenants> {
+    pub fn new(configs: &[TenantConfig], pool: &PgPool, retry_base: Duration) -> anyhow::Result<Tenants> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
@@ -131,6 +133,7 @@ impl Tenants {
                     http: http.clone(),
                     token: TokenCache::default(),
                     limiter: RateLimiter::new(pool.clone(), &t.name, t.rate_limit),
+                    retry_base,
                 };
                 (t.name.clone(), Arc::new(client))
             })
@@ -150,10 +153,10 @@ impl Tenants {
 }
 
 /// Bounded, jittered exponential backoff for 5xx and network errors.
-pub(crate) fn transient_backoff() -> impl Iterator<Item = Duration> {
+pub(crate) fn transient_backoff(base: Duration) -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(10))
+        .with_min_delay(base)
+        .with_max_delay(base * 40)
         .with_max_times(4)
         .with_jitter()
         // Without std, backon seeds every jitter the same: replicas would retry in lockstep.
@@ -258,7 +261,7 @@ impl Auth0Client {
         body: Option<&serde_json::Value>,
         stats: &CallStats,
     ) -> Result<T, Auth0Error> {
-        let mut backoff = transient_backoff();
+        let mut backoff = transient_backoff(self.retry_base);
         let mut refreshed_token = false;
         loop {
             // Waiting for a slot is free: a stage asked to stop gives up here, never mid-request.
@@ -266,7 +269,7 @@ impl Auth0Client {
                 acquired = self.limiter.acquire() => { acquired?; }
                 _ = stats.stop.cancelled() => return Err(Auth0Error::Stopped),
             }
-            let token = self.token.get(&self.http, &self.tenant, stats).await?;
+            let token = self.token.get(&self.http, &self.tenant, self.retry_base, stats).await?;
             let mut request = self.http.request(method.clone(), url.clone()).bearer_auth(token.expose_secret());
             if let Some(body) = body {
                 request = request.json(body);
@@ -282,7 +285,10 @@ impl Auth0Client {
                     let status = resp.status();
                     record_request_metric(endpoint, status.as_u16());
                     let headers = RateLimitHeaders::from_headers(resp.headers());
-                    self.limiter.observe(headers).await?;
+                    // Pacing feedback is advice: failing to record it must not drop a paid-for answer.
+                    if let Err(e) = self.limiter.observe(headers).await {
+                        tracing::warn!(error = %e, "recording rate-limit headers failed");
+                    }
                     if status.is_success() {
                         match resp.json::<T>().await {
                             Ok(value) => return Ok(value),
@@ -294,7 +300,10 @@ impl Auth0Client {
                         match status {
                             StatusCode::TOO_MANY_REQUESTS => {
                                 stats.record_rate_limited();
-                                self.limiter.back_off(headers).await?;
+                                if let Err(e) = self.limiter.back_off(headers).await {
+                                    tracing::warn!(error = %e, "sharing a 429 with other replicas failed; waiting here");
+                                    tokio::time::sleep(wait_after_429(headers)).await;
+                                }
                                 continue;
                             }
                             StatusCode::UNAUTHORIZED if !refreshed_token => {

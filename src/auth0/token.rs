@@ -27,13 +27,14 @@ impl TokenCache {
         &self,
         http: &reqwest::Client,
         tenant: &TenantConfig,
+        retry_base: Duration,
         stats: &CallStats,
     ) -> Result<SecretString, Auth0Error> {
         let mut current = self.current.lock().await;
         if let Some(token) = current.as_ref().filter(|t| Instant::now() < t.refresh_at) {
             return Ok(token.value.clone());
         }
-        let fresh = fetch_token(http, tenant, stats).await?;
+        let fresh = fetch_token(http, tenant, retry_base, stats).await?;
         let lifetime = Duration::from_secs(fresh.expires_in);
         let value = SecretString::from(fresh.access_token);
         *current = Some(CachedToken {
@@ -55,6 +56,7 @@ impl TokenCache {
 async fn fetch_token(
     http: &reqwest::Client,
     tenant: &TenantConfig,
+    retry_base: Duration,
     stats: &CallStats,
 ) -> Result<TokenResponse, Auth0Error> {
     let url = format!("{}/oauth/token", tenant.base_url);
@@ -64,7 +66,7 @@ async fn fetch_token(
         ("client_secret", tenant.client_secret.expose_secret()),
         ("audience", tenant.audience.as_str()),
     ];
-    let mut backoff = super::transient_backoff();
+    let mut backoff = super::transient_backoff(retry_base);
     loop {
         let body = form_encode(&form);
         let sent = http

@@ -2,6 +2,7 @@
 
 pub mod exports;
 pub mod profiles;
+pub mod rate_limits;
 pub mod roles;
 
 use std::time::Duration;

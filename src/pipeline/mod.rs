@@ -279,11 +279,12 @@ impl Workers {
             _ = stop.cancelled() => None,
         };
         if outcome.is_none() {
-            // Cancel and shutdown let the stage store what it already received; a lost lease does not.
+            // Cancel and shutdown let the stage store what it already received. So does a lost
+            // lease (a database outage makes every lease look lost): stored answers are only
+            // written where nothing is stored yet, so a stale worker cannot harm the new owner.
             let drain = match reason.load(Ordering::SeqCst) {
-                CANCEL_REQUESTED => CANCEL_DRAIN,
                 SHUTTING_DOWN => self.settings.drain_budget(),
-                _ => Duration::ZERO,
+                _ => CANCEL_DRAIN,
             };
             outcome = tokio::time::timeout(drain, &mut stage).await.ok();
         }
@@ -462,7 +463,7 @@ where
     Fut: std::future::Future<Output = Result<T, Auth0Error>>,
 {
     let started = Instant::now();
-    let mut delay = Duration::from_secs(1);
+    let mut delay = ctx.settings.auth0_retry_base() * 4;
     loop {
         match call().await {
             Err(Auth0Error::Transient(e)) if started.elapsed() < AUTH0_PATIENCE => {
@@ -529,7 +530,7 @@ fn retry_delay(failures: i32) -> Duration {
     Duration::from_secs_f64(base * (0.5 + fastrand::f64()))
 }
 
-/// Renews the lease every third of it (at once when a cancel NOTIFY names the export); stops the
+/// Renews the lease every second (at once when a cancel NOTIFY names the export); stops the
 /// stage when the lease is lost, the export is cancelled or the process shuts down. A failed
 /// renewal (Postgres down) keeps going: the lease and the advisory lock decide.
 async fn heartbeat(
@@ -553,7 +554,7 @@ async fn heartbeat(
             Err(e) => tracing::warn!(error = %e, "heartbeat failed; the lease is still valid for a while"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(lease / 3) => {}
+            _ = tokio::time::sleep((lease / 3).min(queue::BEAT_EVERY)) => {}
             _ = woken.notified() => {}
             _ = shutdown.cancelled() => return stop_with(SHUTTING_DOWN),
         }

@@ -15,6 +15,10 @@ use uuid::Uuid;
 pub const CHANNEL: &str = "queue_jobs";
 /// The channel that tells the process running an export that it was cancelled (payload: its id).
 pub const CANCEL_CHANNEL: &str = "export_cancel";
+/// Running jobs beat this often (or every third of the lease, if shorter).
+pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+/// A lock-less job whose beat is older than this has lost its worker.
+const BEAT_STALE: Duration = Duration::from_millis(2500);
 /// First key of the two-key advisory locks held on running jobs (the second is the job id).
 const LOCK_CLASS: i32 = 0x0A0E_0001;
 
@@ -98,7 +102,7 @@ pub async fn claim(conn: &mut PgConnection, worker: &str, lease: Duration) -> sq
     let kinds: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
     sqlx::query_as(
         "UPDATE queue_jobs SET state = 'running', attempt = attempt + 1, locked_by = $1,
-                lease_expires_at = now() + make_interval(secs => $2), claimed_at = now()
+                lease_expires_at = now() + make_interval(secs => $2), claimed_at = now(), heartbeat_at = now()
           WHERE id = (SELECT id FROM queue_jobs
                        WHERE state IN ('available', 'retryable') AND run_at <= now() AND kind = ANY($3)
                        ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
@@ -131,7 +135,7 @@ pub enum Heartbeat {
 
 pub async fn heartbeat(pool: &PgPool, job: &Job, lease: Duration) -> sqlx::Result<Heartbeat> {
     let row: Option<bool> = sqlx::query_scalar(
-        "UPDATE queue_jobs q SET lease_expires_at = now() + make_interval(secs => $3)
+        "UPDATE queue_jobs q SET lease_expires_at = now() + make_interval(secs => $3), heartbeat_at = now()
           WHERE q.id = $1 AND q.attempt = $2 AND q.state = 'running'
       RETURNING (SELECT e.cancel_requested FROM exports e WHERE e.id = q.export_id)",
     )
@@ -228,9 +232,10 @@ pub struct Rescued {
 }
 
 /// Returns running jobs whose worker is gone to the queue, in one transaction. A worker is gone
-/// when its session no longer holds the job's advisory lock (its connection died: a crash) or
-/// its lease expired (the backstop, and the only sign for jobs claimed without a lock). A job
-/// whose workers died `max_attempts` times without progress fails its export instead.
+/// when its session no longer holds the job's advisory lock (its connection died) and its
+/// heartbeat stopped for [`BEAT_STALE`] (a crash, not a database blip the worker survived), or
+/// when its lease expired (the backstop, and the only sign for jobs claimed without a lock). A
+/// job whose workers died `max_attempts` times without progress fails its export instead.
 #[tracing::instrument(skip_all)]
 pub async fn rescue_abandoned(pool: &PgPool) -> sqlx::Result<Rescued> {
     let mut tx = pool.begin().await?;
@@ -238,7 +243,7 @@ pub async fn rescue_abandoned(pool: &PgPool) -> sqlx::Result<Rescued> {
         "SELECT q.id, q.errors, q.max_attempts FROM queue_jobs q
           WHERE q.state = 'running'
             AND (q.lease_expires_at < now()
-                 OR (q.claimed_at IS NOT NULL AND NOT EXISTS (
+                 OR (q.claimed_at IS NOT NULL AND q.heartbeat_at < now() - make_interval(secs => $2) AND NOT EXISTS (
                         SELECT 1 FROM pg_locks l
                          WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                            AND l.classid = $1::int8::oid AND l.objid = (q.id::int4)::int8::oid AND l.objsubid = 2
@@ -246,6 +251,7 @@ pub async fn rescue_abandoned(pool: &PgPool) -> sqlx::Result<Rescued> {
           FOR UPDATE SKIP LOCKED",
     )
     .bind(LOCK_CLASS)
+    .bind(BEAT_STALE.as_secs_f64())
     .fetch_all(&mut *tx)
     .await?;
     let (dead, retry): (Vec<_>, Vec<_>) = abandoned.into_iter().partition(|(_, errors, max)| errors + 1 >= *max);

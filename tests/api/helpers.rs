@@ -325,3 +325,52 @@ pub fn exact_truth(sim: &auth0_sim::Sim, enrich: &[&str]) -> Vec<(String, Exact)
         })
         .collect()
 }
+
+/// A `serve` process of the real binary, so a crash can be a real `kill -9` and a graceful stop
+/// a real SIGTERM. `worker_toml` adds lines to its `[worker]` settings.
+pub fn spawn_process(sim_url: &str, database_url: &str, rate: f64, worker_toml: &str) -> tokio::process::Child {
+    let config = std::env::temp_dir().join(format!("exporter-test-{}.toml", uuid::Uuid::new_v4().simple()));
+    let settings = format!("[worker]\nconcurrency = 2\npoll_interval_ms = 100\nenrich_batch = 10\n{worker_toml}\n");
+    std::fs::write(&config, settings).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_auth0-exporter"))
+        .args(["serve", "--role", "worker"])
+        .env("EXPORTER_CONFIG", &config)
+        .env("DATABASE_URL", database_url)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("AUTH0_BASE_URL", sim_url)
+        .env("AUTH0_TENANT", "sim")
+        .env("AUTH0_CLIENT_ID", "sim-client")
+        .env("AUTH0_CLIENT_SECRET", "sim-secret")
+        .env("AUTH0_RATE_LIMIT", rate.to_string())
+        .env("API_TOKENS", format!("writer:{WRITE_TOKEN}:read+write"))
+        .env("ENRICH_CONCURRENCY", "8")
+        .env("RUST_LOG", std::env::var("CHILD_LOG").unwrap_or_else(|_| "error".into()))
+        .stdout(std::process::Stdio::null())
+        .stderr(if std::env::var("CHILD_LOG").is_ok() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the service binary starts")
+}
+
+/// Sends SIGTERM to a child process.
+pub fn terminate(child: &tokio::process::Child) {
+    let pid = child.id().expect("a running child").to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+    assert!(status.success());
+}
+
+/// An API-only instance on `database_url`: the test watches and steers through it while worker
+/// processes do the work.
+pub async fn spawn_api(sim: Arc<Sim>, database_url: &str, rate: f64) -> TestApp {
+    spawn_replica(sim, database_url, rate, auth0_exporter::app::Role::Api).await
+}
+
+/// Prints one figure line that docs/reliability.md is written from.
+pub fn report(scenario: &str, figures: &[(&str, String)]) {
+    let fields: Vec<String> = figures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("RELIABILITY scenario={scenario:?} {}", fields.join(" "));
+}

@@ -3,6 +3,7 @@
 
 mod exact;
 mod exports;
+mod faults;
 mod helpers;
 mod proxy;
 mod reliability;

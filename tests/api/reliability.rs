@@ -1,6 +1,6 @@
 //! Crashes, lost leases, shutdowns and replicas: nothing lost, nothing doubled, the limit kept.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use auth0_exporter::{
     app::Role,
@@ -10,32 +10,6 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::helpers::*;
-
-/// A `serve` process of the real binary, so a crash can be a real `kill -9`.
-fn spawn_process(sim_url: &str, database_url: &str, rate: f64) -> tokio::process::Child {
-    // A short lease, so the rescuer notices the dead worker within seconds.
-    let config = std::env::temp_dir().join(format!("exporter-test-{}.toml", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&config, "[worker]\nconcurrency = 2\nlease_secs = 3\npoll_interval_ms = 100\nenrich_batch = 10\n")
-        .unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_auth0-exporter"))
-        .arg("serve")
-        .env("EXPORTER_CONFIG", &config)
-        .env("DATABASE_URL", database_url)
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("AUTH0_BASE_URL", sim_url)
-        .env("AUTH0_TENANT", "sim")
-        .env("AUTH0_CLIENT_ID", "sim-client")
-        .env("AUTH0_CLIENT_SECRET", "sim-secret")
-        .env("AUTH0_RATE_LIMIT", rate.to_string())
-        .env("API_TOKENS", format!("writer:{WRITE_TOKEN}:read+write"))
-        .env("ENRICH_CONCURRENCY", "8")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the service binary starts")
-}
 
 #[tokio::test]
 async fn kill_9_mid_enrichment_resumes_exactly() {
@@ -47,7 +21,7 @@ async fn kill_9_mid_enrichment_resumes_exactly() {
     let api = spawn_replica(app.sim.clone(), &app.database_url, 60.0, Role::Api).await;
     app.shutdown().await;
 
-    let mut worker = spawn_process(&api.sim.base_url(), &api.database_url, 60.0);
+    let mut worker = spawn_process(&api.sim.base_url(), &api.database_url, 60.0, "");
     let id = api.create_export(json!({"enrich": {"roles": true, "authentication_methods": true}})).await;
     api.wait_until(&id, "some users enriched", |e| e["progress"]["users_enriched"].as_u64().unwrap_or(0) >= 40).await;
     worker.start_kill().unwrap();
@@ -56,7 +30,7 @@ async fn kill_9_mid_enrichment_resumes_exactly() {
     assert_eq!(at_crash["status"], "running");
 
     // A new process finds the job once its lease expires (the rescuer) and resumes it.
-    let _worker = spawn_process(&api.sim.base_url(), &api.database_url, 60.0);
+    let _worker = spawn_process(&api.sim.base_url(), &api.database_url, 60.0, "");
     let export = api.wait_for(&id, "completed").await;
     let served = api.all_profiles(&id, "", 100).await;
     assert_profiles_equal(&served, &expected(&api.sim.truth(), &["roles", "authentication_methods"]));
