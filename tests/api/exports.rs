@@ -156,6 +156,11 @@ async fn expired_links_and_cut_downloads_are_retried() {
     assert!(app.sim.stats().downloads >= 4);
     let served = app.all_profiles(&id, "", 100).await;
     assert_profiles_equal(&served, &expected(&app.sim.truth(), &["roles", "authentication_methods"]));
+    assert_eq!(app.sim.stats().jobs_created, 1);
+    report(
+        "1 expired link + 2 cut downloads",
+        &[("auth0_jobs", "1".into()), ("downloads", app.sim.stats().downloads.to_string()), ("wrong", "0".into())],
+    );
 }
 
 #[tokio::test]
@@ -164,7 +169,7 @@ async fn server_errors_429s_and_revoked_tokens_are_survived() {
     // The tenant allows far less than the service is configured for: 429s must be honoured.
     sim.rate = 40.0;
     sim.burst = 5;
-    sim.faults = Faults { error_rate: 0.08, ..Faults::default() };
+    sim.faults = Faults { error_rate: 0.10, ..Faults::default() };
     let app = spawn_app_with(sim, 400.0).await;
     let id = app
         .create_export(json!({"enrich": {"roles": true, "authentication_methods": true, "enrollments": true}}))
@@ -179,6 +184,17 @@ async fn server_errors_429s_and_revoked_tokens_are_survived() {
     assert!(export["stats"]["retries"].as_u64().unwrap() > 0);
     let served = app.all_profiles(&id, "", 100).await;
     assert_profiles_equal(&served, &expected(&app.sim.truth(), &["roles", "authentication_methods", "enrollments"]));
+    assert_eq!(stats.jobs_created, 1);
+    report(
+        "10 % 5xx + 429s + revoked token",
+        &[
+            ("faults", stats.faults_injected.to_string()),
+            ("rate_limited", stats.rate_limited.to_string()),
+            ("auth0_jobs", stats.jobs_created.to_string()),
+            ("repeated_user_calls", stats.repeated_user_calls.to_string()),
+            ("wrong", "0".into()),
+        ],
+    );
 }
 
 #[tokio::test]

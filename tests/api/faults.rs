@@ -375,3 +375,42 @@ async fn a_long_export_survives_outages_cuts_and_kills_and_ends_exact() {
     assert_eq!(stats.jobs_created, 1, "one Auth0 job through every fault");
     assert!(stats.faults_injected > 50, "the outages really hit calls: {}", stats.faults_injected);
 }
+
+#[tokio::test]
+async fn a_tenant_missing_on_one_replica_waits_for_one_that_has_it() {
+    let sim = start_sim(sim_config(20)).await;
+    let db = fresh_database().await;
+    let api = spawn_api(sim.clone(), &db, 500.0).await;
+    // This worker knows only another tenant: it must hand the export back, not fail it.
+    let stranger = spawn_with_settings(
+        sim.clone(),
+        |sim| {
+            let mut s = settings(sim, &db, 500.0);
+            s.tenants[0].name = "elsewhere".into();
+            s
+        },
+        auth0_exporter::app::Role::Worker,
+    )
+    .await;
+    let id = api.create_export(json!({})).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (state, error): (String, Option<String>) =
+        sqlx::query_as("SELECT state, last_error FROM queue_jobs WHERE export_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&api.pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "available", "snoozed, not failed");
+    assert!(error.unwrap_or_default().contains("not configured on this replica"));
+    assert_eq!(api.get_json(&format!("/v1/exports/{id}")).await["status"], "running");
+    drop(stranger);
+    // A replica that knows the tenant picks it up.
+    let _worker = spawn_replica(sim, &db, 500.0, auth0_exporter::app::Role::Worker).await;
+    sqlx::query("UPDATE queue_jobs SET run_at = now() WHERE export_id = $1::uuid")
+        .bind(&id)
+        .execute(&api.pool)
+        .await
+        .unwrap();
+    api.wait_for(&id, "completed").await;
+    exported_exactly(&api, &id, &MFA_ROLES).await;
+}
