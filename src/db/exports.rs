@@ -124,6 +124,7 @@ pub enum Created {
 }
 
 /// Inserts the export and its first queue job in one transaction.
+#[tracing::instrument(skip_all)]
 pub async fn create(
     pool: &PgPool,
     request: &ExportRequest,
@@ -160,11 +161,13 @@ pub async fn create(
     Ok(if hash == request_hash { Created::Existing(existing) } else { Created::Conflict(existing) })
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn get(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<ExportRow>> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM exports WHERE id = $1")).bind(id).fetch_optional(pool).await
 }
 
 /// Newest first, keyset on the time-ordered id; `limit + 1` rows tell whether a next page exists.
+#[tracing::instrument(skip_all)]
 pub async fn list(
     pool: &PgPool,
     status: Option<ExportStatus>,
@@ -193,6 +196,7 @@ pub enum Cancelled {
 }
 
 /// Cancels at once what no worker holds; a running stage sees `cancel_requested` at its next heartbeat.
+#[tracing::instrument(skip_all)]
 pub async fn cancel(pool: &PgPool, id: Uuid) -> sqlx::Result<Cancelled> {
     let mut tx = pool.begin().await?;
     let row: Option<ExportRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM exports WHERE id = $1 FOR UPDATE"))
@@ -222,6 +226,7 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> sqlx::Result<Cancelled> {
 }
 
 /// Adds a stage's Auth0 call accounting to the export.
+#[tracing::instrument(skip_all)]
 pub async fn add_call_stats(conn: &mut PgConnection, id: Uuid, counts: CallCounts) -> sqlx::Result<()> {
     if counts.is_zero() {
         return Ok(());
@@ -246,6 +251,7 @@ pub enum Counter {
     Enriched,
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn add_progress(conn: &mut PgConnection, id: Uuid, counter: Counter, n: u64) -> sqlx::Result<()> {
     let column = match counter {
         Counter::Downloaded => "users_downloaded",
@@ -262,11 +268,13 @@ pub async fn add_progress(conn: &mut PgConnection, id: Uuid, counter: Counter, n
 }
 
 /// Current number of exports per status, for the `exporter_exports` gauge.
+#[tracing::instrument(skip_all)]
 pub async fn count_by_status(pool: &PgPool) -> sqlx::Result<Vec<(ExportStatus, i64)>> {
     sqlx::query_as("SELECT status, count(*) FROM exports GROUP BY status").fetch_all(pool).await
 }
 
 /// Locks the export row while it still downloads Auth0 job `job_id`; false once the job was replaced.
+#[tracing::instrument(skip_all)]
 pub async fn lock_for_auth0_job(conn: &mut PgConnection, id: Uuid, job_id: &str) -> sqlx::Result<bool> {
     let held: Option<Uuid> =
         sqlx::query_scalar("SELECT id FROM exports WHERE id = $1 AND auth0_job_id = $2 FOR UPDATE")
@@ -291,6 +299,7 @@ pub async fn set_downloaded(pool: &PgPool, id: Uuid) -> sqlx::Result<i64> {
 }
 
 /// Counts the final result; the export is marked completed by the runner.
+#[tracing::instrument(skip_all)]
 pub async fn set_total(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
     sqlx::query("UPDATE exports SET users_total = (SELECT count(*) FROM profiles WHERE export_id = $1) WHERE id = $1")
         .bind(id)
@@ -300,6 +309,7 @@ pub async fn set_total(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
 }
 
 /// Stores the Auth0 job just created, only while `job` (the creating attempt) still holds its lease.
+#[tracing::instrument(skip_all)]
 pub async fn store_auth0_job(
     pool: &PgPool,
     id: Uuid,
@@ -321,6 +331,7 @@ pub async fn store_auth0_job(
 }
 
 /// Forgets a dead Auth0 job and everything downloaded from it, in the caller's fenced transaction.
+#[tracing::instrument(skip_all)]
 pub async fn forget_auth0_job(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
     sqlx::query("DELETE FROM profiles WHERE export_id = $1").bind(id).execute(&mut *conn).await?;
     sqlx::query("UPDATE exports SET auth0_job_id = NULL, users_downloaded = 0, job_percent_done = NULL WHERE id = $1")
@@ -331,6 +342,7 @@ pub async fn forget_auth0_job(conn: &mut PgConnection, id: Uuid) -> sqlx::Result
 }
 
 /// Keeps the last known figure when Auth0 omits `percentage_done`.
+#[tracing::instrument(skip_all)]
 pub async fn set_job_percent_done(pool: &PgPool, id: Uuid, percent: Option<i32>) -> sqlx::Result<()> {
     sqlx::query("UPDATE exports SET job_percent_done = COALESCE($2, job_percent_done) WHERE id = $1")
         .bind(id)
@@ -340,6 +352,7 @@ pub async fn set_job_percent_done(pool: &PgPool, id: Uuid, percent: Option<i32>)
         .map(drop)
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn set_roles_strategy(pool: &PgPool, id: Uuid, strategy: RolesStrategy) -> sqlx::Result<()> {
     sqlx::query("UPDATE exports SET roles_strategy = $2 WHERE id = $1")
         .bind(id)
@@ -368,6 +381,7 @@ pub async fn start_stage(pool: &PgPool, id: Uuid, stage: Stage) -> sqlx::Result<
 
 /// Moves the export to `stage` (and `status`) in the caller's transaction; returns the seconds
 /// the previous stage took when the stage changed.
+#[tracing::instrument(skip_all)]
 pub async fn move_to_stage(
     conn: &mut PgConnection,
     id: Uuid,
@@ -391,6 +405,7 @@ pub async fn move_to_stage(
 }
 
 /// Ends a queued or running export as failed or cancelled; false when it had already ended.
+#[tracing::instrument(skip_all)]
 pub async fn end(conn: &mut PgConnection, id: Uuid, status: ExportStatus, message: Option<&str>) -> sqlx::Result<bool> {
     let ended = sqlx::query(
         "UPDATE exports SET status = $2, finished_at = now(),
@@ -408,6 +423,7 @@ pub async fn end(conn: &mut PgConnection, id: Uuid, status: ExportStatus, messag
 
 /// Records the fold checkpoint (the last user whose roles were written) and, at the end, that
 /// roles are complete.
+#[tracing::instrument(skip_all)]
 pub async fn set_roles_folded(conn: &mut PgConnection, id: Uuid, after: Option<&str>, done: bool) -> sqlx::Result<()> {
     sqlx::query("UPDATE exports SET roles_folded_after = $2, roles_fetched = $3 WHERE id = $1")
         .bind(id)

@@ -12,6 +12,7 @@ use sqlx::{postgres::PgPoolOptions, PgPool};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+#[tracing::instrument(skip_all)]
 pub async fn connect(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
@@ -25,12 +26,14 @@ pub async fn connect(url: &SecretString, max_connections: u32) -> anyhow::Result
 }
 
 /// Applies pending migrations; sqlx holds an advisory lock, so replicas starting together are safe.
+#[tracing::instrument(skip_all)]
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
 
 /// Whether the database has every migration this binary embeds.
+#[tracing::instrument(skip_all)]
 pub async fn migrations_current(pool: &PgPool) -> sqlx::Result<bool> {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let applied: Option<i64> =

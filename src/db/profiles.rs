@@ -91,6 +91,7 @@ pub struct ProfileFilter {
 }
 
 /// One page in `user_id` order after `after`; fetches `limit + 1` rows to tell if more exist.
+#[tracing::instrument(skip_all)]
 pub async fn page(
     pool: &PgPool,
     export_id: Uuid,
@@ -118,6 +119,7 @@ pub async fn page(
     .await
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn get(pool: &PgPool, export_id: Uuid, user_id: &str) -> sqlx::Result<Option<ProfileRow>> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM profiles WHERE export_id = $1 AND user_id = $2"))
         .bind(export_id)
@@ -126,12 +128,14 @@ pub async fn get(pool: &PgPool, export_id: Uuid, user_id: &str) -> sqlx::Result<
         .await
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn count(conn: &mut PgConnection, export_id: Uuid) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM profiles WHERE export_id = $1").bind(export_id).fetch_one(conn).await
 }
 
 /// The users still waiting for a per-user pass, in `user_id` order: `roles` pending, or MFA
 /// (`enriched_at`) pending.
+#[tracing::instrument(skip_all)]
 pub async fn pending_users(
     pool: &PgPool,
     export_id: Uuid,
@@ -175,6 +179,7 @@ pub struct UserEnrichment {
 }
 
 /// Writes a batch of one pass's results, checkpointing those users; returns how many were new.
+#[tracing::instrument(skip_all)]
 pub async fn store_enrichments(
     conn: &mut PgConnection,
     export_id: Uuid,
@@ -215,6 +220,7 @@ pub async fn store_enrichments(
 }
 
 /// Checkpoints every remaining user when no per-user call is needed; returns how many.
+#[tracing::instrument(skip_all)]
 pub async fn mark_all_enriched(conn: &mut PgConnection, export_id: Uuid) -> sqlx::Result<u64> {
     let done = sqlx::query("UPDATE profiles SET enriched_at = now() WHERE export_id = $1 AND enriched_at IS NULL")
         .bind(export_id)

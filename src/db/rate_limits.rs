@@ -4,6 +4,7 @@ use sqlx::PgPool;
 
 /// Moves the tenant's theoretical arrival time `secs` past `max(tat, now)`; returns how far the
 /// new arrival time lies ahead of the database clock, in seconds.
+#[tracing::instrument(skip_all)]
 pub async fn reserve(pool: &PgPool, tenant: &str, secs: f64) -> sqlx::Result<f64> {
     sqlx::query_scalar(
         "INSERT INTO rate_limits (tenant, tat) VALUES ($1, clock_timestamp() + make_interval(secs => $2))
@@ -18,6 +19,7 @@ pub async fn reserve(pool: &PgPool, tenant: &str, secs: f64) -> sqlx::Result<f64
 }
 
 /// Holds every replica's next request back to at least `secs` from now, never pulling `tat` earlier.
+#[tracing::instrument(skip_all)]
 pub async fn push_back(pool: &PgPool, tenant: &str, secs: f64) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO rate_limits (tenant, tat) VALUES ($1, clock_timestamp() + make_interval(secs => $2))

@@ -5,6 +5,7 @@ use uuid::Uuid;
 
 use crate::auth0::types::Role;
 
+#[tracing::instrument(skip_all)]
 pub async fn store_roles(conn: &mut PgConnection, export_id: Uuid, roles: &[Role]) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO export_roles (export_id, role_id, name, description)
@@ -20,12 +21,21 @@ pub async fn store_roles(conn: &mut PgConnection, export_id: Uuid, roles: &[Role
     Ok(())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn count_roles(pool: &PgPool, export_id: Uuid) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM export_roles WHERE export_id = $1").bind(export_id).fetch_one(pool).await
 }
 
-/// Roles whose members are not all fetched yet, with the checkpoint to continue from.
-pub async fn unfinished(pool: &PgPool, export_id: Uuid) -> sqlx::Result<Vec<(String, Option<String>)>> {
+/// A role whose members are not all fetched yet, with the checkpoint to continue from.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RoleCheckpoint {
+    pub role_id: String,
+    pub next_from: Option<String>,
+}
+
+/// Roles whose members are not all fetched yet.
+#[tracing::instrument(skip_all)]
+pub async fn unfinished(pool: &PgPool, export_id: Uuid) -> sqlx::Result<Vec<RoleCheckpoint>> {
     sqlx::query_as("SELECT role_id, next_from FROM export_roles WHERE export_id = $1 AND NOT done ORDER BY role_id")
         .bind(export_id)
         .fetch_all(pool)
@@ -33,6 +43,7 @@ pub async fn unfinished(pool: &PgPool, export_id: Uuid) -> sqlx::Result<Vec<(Str
 }
 
 /// Stores one page of a role's members and its checkpoint in one transaction.
+#[tracing::instrument(skip_all)]
 pub async fn store_members_page(
     pool: &PgPool,
     export_id: Uuid,
@@ -96,6 +107,7 @@ pub async fn fold_into_profiles(
 }
 
 /// Memberships are only a means to fill `profiles.roles`; drop them once folded.
+#[tracing::instrument(skip_all)]
 pub async fn clear(conn: &mut PgConnection, export_id: Uuid) -> sqlx::Result<()> {
     sqlx::query("DELETE FROM role_members WHERE export_id = $1").bind(export_id).execute(&mut *conn).await?;
     sqlx::query("DELETE FROM export_roles WHERE export_id = $1").bind(export_id).execute(conn).await?;

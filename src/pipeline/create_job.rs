@@ -10,6 +10,7 @@ use crate::{
 /// Replacing a failed or expired Auth0 job is bounded: the first job plus two replacements.
 pub const MAX_AUTH0_JOBS: i32 = 3;
 
+#[tracing::instrument(skip_all)]
 pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     // Creation is not idempotent at Auth0: a stored id is never created again.
     if ctx.export.auth0_job_id.is_some() {

@@ -19,6 +19,7 @@ use crate::{
 /// Fresh links tried within one attempt of the stage before it is retried as a whole.
 const LINK_ATTEMPTS: u32 = 5;
 
+#[tracing::instrument(skip_all)]
 pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     let Some(job_id) = ctx.export.auth0_job_id.as_deref() else {
         return Ok(Step::Advance(Some(JobKind::CreateJob)));

@@ -31,6 +31,7 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Seconds of Auth0 latency the in-flight window must cover (with headroom) to keep the pipe full.
 const LATENCY_BUDGET: f64 = 0.6;
 
+#[tracing::instrument(skip_all)]
 pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     let enrich = ctx.export.request.enrich;
     let users = db::retry("counting users", || async {

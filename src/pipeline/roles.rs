@@ -26,6 +26,7 @@ const FOLD_BATCH: i64 = 5_000;
 /// Decides how roles are fetched and, by role, fetches every membership; returns the strategy to
 /// finish with. The memberships are folded into the profiles by [`fold`] once no other pass
 /// writes to them (two bulk updates of the same rows could deadlock).
+#[tracing::instrument(skip_all)]
 pub async fn enumerate(ctx: &StageContext, users: i64, concurrency: usize) -> Result<RolesStrategy, StageError> {
     let export = ctx.export.id;
     match ctx.export.roles_strategy {
@@ -46,7 +47,7 @@ pub async fn enumerate(ctx: &StageContext, users: i64, concurrency: usize) -> Re
     let budget = AtomicI64::new(users);
     let unfinished = db::retry("reading role checkpoints", || db::roles::unfinished(&ctx.pool, export)).await?;
     let outcome = stream::iter(unfinished.into_iter().map(Ok))
-        .try_for_each_concurrent(concurrency.max(1), |(role_id, from)| page_members(ctx, role_id, from, &budget))
+        .try_for_each_concurrent(concurrency.max(1), |c| page_members(ctx, c.role_id, c.next_from, &budget))
         .await;
     match outcome {
         Ok(()) => Ok(RolesStrategy::ByRole),
@@ -62,6 +63,7 @@ pub async fn enumerate(ctx: &StageContext, users: i64, concurrency: usize) -> Re
 /// Writes the enumerated roles into every profile in bounded batches, each fenced by the lease
 /// (a stale worker must not rewrite the roles of an export someone else finished) and
 /// checkpointed, so a resumed fold continues where it stopped.
+#[tracing::instrument(skip_all)]
 pub async fn fold(ctx: &StageContext) -> Result<(), StageError> {
     let mut after = ctx.export.roles_folded_after.clone();
     loop {

@@ -14,6 +14,7 @@ const MAX_POLL: Duration = Duration::from_secs(30);
 /// Auth0 fails export jobs after 8 hours; we stop waiting a little later.
 const DEADLINE: chrono::TimeDelta = chrono::TimeDelta::hours(9);
 
+#[tracing::instrument(skip_all)]
 pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     let Some(job_id) = ctx.export.auth0_job_id.as_deref() else {
         return Ok(Step::Advance(Some(JobKind::CreateJob)));
@@ -60,6 +61,7 @@ fn poll_delay(time_left_seconds: Option<f64>) -> Duration {
 }
 
 /// Forgets a dead Auth0 job (and anything downloaded from it) so `creating_job` makes a new one.
+#[tracing::instrument(skip_all)]
 pub async fn replace_job(ctx: &StageContext, why: &str) -> Result<Step, StageError> {
     if ctx.export.auth0_jobs_created >= MAX_AUTH0_JOBS {
         return Err(StageError::Fail(format!("{why}, and {MAX_AUTH0_JOBS} Auth0 jobs were tried")));
