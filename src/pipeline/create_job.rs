@@ -23,8 +23,13 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     let url = ctx.client.api_url(&["jobs", "users-exports"], &[]);
     let job: ExportJob = match ctx.client.post("POST /api/v2/jobs/users-exports", url, &body, &ctx.stats).await {
         Ok(job) => job,
-        // Auth0 documents no limit on concurrent export jobs and no code for refusing one: a 400
-        // or 409 here is retried later (bounded by the job's attempts) before the export fails.
+        // A body Auth0 rejects (an unknown connection, a field it refuses) will never pass: fail
+        // now, saying what Auth0 said.
+        Err(Auth0Error::Permanent { status: 400, message }) if rejects_the_body(&message) => {
+            return Err(StageError::Fail(format!("Auth0 refused the export job: {message}")))
+        }
+        // Auth0 documents no limit on concurrent export jobs and no code for refusing one: any
+        // other 400, or a 409, is retried later (bounded by the job's failures) before the export fails.
         Err(Auth0Error::Permanent { status: 400 | 409, message }) => {
             return Err(StageError::Retry(anyhow::anyhow!(message)))
         }
@@ -41,4 +46,23 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     }
     tracing::info!(auth0_job_id = %job.id, "Auth0 export job created");
     Ok(Step::Advance(Some(JobKind::WaitJob)))
+}
+
+/// Whether a 400 names the request itself (a property of the body, the connection) rather than
+/// the tenant's state.
+fn rejects_the_body(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("connection") || m.contains("property") || m.contains("invalid request body")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_rejected_body_is_told_from_a_busy_tenant() {
+        assert!(super::rejects_the_body(
+            "POST answered 400: 'Connection does not exist: con_x' on property connection_id."
+        ));
+        assert!(super::rejects_the_body("400 Bad Request: 'Additional properties not allowed: x'. on property body"));
+        assert!(!super::rejects_the_body("400 Bad Request: Too many concurrent export jobs"));
+    }
 }

@@ -414,3 +414,15 @@ async fn a_tenant_missing_on_one_replica_waits_for_one_that_has_it() {
     api.wait_for(&id, "completed").await;
     exported_exactly(&api, &id, &MFA_ROLES).await;
 }
+
+#[tokio::test]
+async fn an_unknown_connection_fails_fast_with_auth0s_words() {
+    let app = spawn_app_with(sim_config(10), 500.0).await;
+    let started = Instant::now();
+    let id = app.create_export(json!({"connection_id": "con_AAAAAAAAAAAAAAAA"})).await;
+    let failed = app.wait_for(&id, "failed").await;
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(message.contains("Auth0 refused the export job") && message.contains("con_AAAAAAAAAAAAAAAA"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(app.sim.stats().jobs_created, 0);
+}
