@@ -4,7 +4,9 @@
 -- refuse U+0000. Rows stored before this migration keep their jsonb `doc`.
 ALTER TABLE profiles ADD COLUMN raw text;
 ALTER TABLE profiles ALTER COLUMN doc DROP NOT NULL;
-ALTER TABLE profiles ADD CONSTRAINT profiles_has_document CHECK (raw IS NOT NULL OR doc IS NOT NULL);
+-- NOT VALID, then VALIDATE: existing rows are checked without blocking writes to the table.
+ALTER TABLE profiles ADD CONSTRAINT profiles_has_document CHECK (raw IS NOT NULL OR doc IS NOT NULL) NOT VALID;
+ALTER TABLE profiles VALIDATE CONSTRAINT profiles_has_document;
 
 -- `attempt` stays the fencing token (it only grows); `errors` counts failures since the job last
 -- made progress, and that is what `max_attempts` bounds: a 17-hour stage that keeps moving never

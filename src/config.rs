@@ -52,6 +52,8 @@ pub struct WorkerSettings {
     /// First wait of an Auth0 call's bounded retries (5xx, network); later waits double, four
     /// retries in all. Stages then wait out longer outages on their own, starting at 4 × this.
     pub auth0_retry_base_ms: u64,
+    /// Profiles whose roles are written per fenced transaction while folding role memberships.
+    pub fold_batch: usize,
 }
 
 impl WorkerSettings {

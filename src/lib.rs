@@ -3,6 +3,7 @@
 pub mod app;
 pub mod auth0;
 pub mod config;
+pub mod crash_point;
 pub mod db;
 pub mod demo;
 pub mod document;

@@ -333,12 +333,13 @@ pub async fn store_auth0_job(
 /// Forgets a dead Auth0 job and everything downloaded from it, in the caller's fenced transaction.
 #[tracing::instrument(skip_all)]
 pub async fn forget_auth0_job(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM profiles WHERE export_id = $1").bind(id).execute(&mut *conn).await?;
+    // The export row first: a download batch of the old job holds it while it inserts, so the
+    // delete below runs after that batch committed and sees its rows.
     sqlx::query("UPDATE exports SET auth0_job_id = NULL, users_downloaded = 0, job_percent_done = NULL WHERE id = $1")
         .bind(id)
-        .execute(conn)
-        .await
-        .map(drop)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM profiles WHERE export_id = $1").bind(id).execute(conn).await.map(drop)
 }
 
 /// Keeps the last known figure when Auth0 omits `percentage_done`.

@@ -35,6 +35,7 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
         }
         Err(e) => return Err(e.into()),
     };
+    crate::crash_point::crash_point("creating.after_post");
     // Fenced by the attempt: a worker that lost its lease must not record a second job. The job
     // exists at Auth0 now, so storing its id waits out a database outage.
     let stored = db::retry("storing the Auth0 job id", || {

@@ -157,5 +157,6 @@ async fn store(ctx: &StageContext, job_id: &str, batch: &mut Vec<ExportedLine>) 
         ))));
     }
     batch.clear();
+    crate::crash_point::crash_point("downloading.after_batch");
     Ok(())
 }

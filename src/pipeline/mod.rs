@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::{pool::PoolConnection, postgres::PgListener, PgPool, Postgres};
+use sqlx::{postgres::PgListener, PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
@@ -114,21 +114,27 @@ impl StageContext {
         n: u64,
     ) -> sqlx::Result<()> {
         db::exports::add_progress(&mut tx, self.export.id, counter, n).await?;
-        if n > 0 && self.job.errors > 0 && !self.budget_restored.load(Ordering::Relaxed) {
-            queue::reset_errors(&mut tx, &self.job).await?;
-        }
         let counts = self.stats.take();
         db::exports::add_call_stats(&mut tx, self.export.id, counts).await?;
-        match tx.commit().await {
-            Ok(()) => {
-                if n > 0 && self.job.errors > 0 {
-                    self.budget_restored.store(true, Ordering::Relaxed);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.stats.add(counts);
-                Err(e)
+        if let Err(e) = tx.commit().await {
+            self.stats.add(counts);
+            return Err(e);
+        }
+        if n > 0 {
+            self.made_progress().await;
+        }
+        Ok(())
+    }
+
+    /// Gives the job its failure budget back once per run, after stored progress: only failures
+    /// in a row can exhaust it. Best effort: a failure here only delays the reset.
+    pub async fn made_progress(&self) {
+        if self.job.errors == 0 || self.budget_restored.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(mut conn) = self.pool.acquire().await {
+            if queue::reset_errors(&mut conn, &self.job).await.is_ok() {
+                self.budget_restored.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -159,6 +165,9 @@ const SHUTTING_DOWN: u8 = 3;
 const CANCEL_DRAIN: Duration = Duration::from_millis(1500);
 /// How often the rescuer looks for crashed workers (their advisory locks are gone).
 const RESCUE_EVERY: Duration = Duration::from_secs(1);
+/// After the rescuer itself could not reach Postgres, it trusts only expired leases this long:
+/// live workers are re-taking the locks their dead sessions lost.
+const OUTAGE_GRACE: Duration = Duration::from_secs(5);
 
 impl Workers {
     pub fn new(pool: PgPool, tenants: Tenants, settings: WorkerSettings, worker_id: String) -> Workers {
@@ -179,14 +188,16 @@ impl Workers {
 
     async fn work(self, n: usize, wake: Arc<Notify>, shutdown: CancellationToken) {
         let worker = format!("{}/{n}", self.worker_id);
-        // The session that claims a job holds its advisory lock until the job is done.
-        let mut session: Option<PoolConnection<Postgres>> = None;
+        // The session that claims a job holds its advisory lock until the job is done. It is
+        // detached from the pool: when it breaks or is dropped it closes, releasing the lock,
+        // instead of going back to the pool with the lock still held.
+        let mut session: Option<PgConnection> = None;
         while !shutdown.is_cancelled() {
             let claimed = match session.as_mut() {
                 Some(conn) => queue::claim(conn, &worker, self.settings.lease()).await,
                 None => match self.pool.acquire().await {
                     Ok(conn) => {
-                        session = Some(conn);
+                        session = Some(conn.detach());
                         continue;
                     }
                     Err(e) => Err(e),
@@ -194,16 +205,22 @@ impl Workers {
             };
             match claimed {
                 Ok(Some(job)) => {
-                    let span = tracing::info_span!("job", export_id = %job.export_id, kind = job.kind.as_str(), attempt = job.attempt);
-                    // A task of its own: a panicking stage loses its lease (rescued), not this worker.
-                    let (me, stop, j) = (self.clone(), shutdown.clone(), job.clone());
-                    if let Err(e) = tokio::spawn(async move { me.run(j, &stop).await }.instrument(span)).await {
-                        tracing::error!(error = %e, "stage panicked; the job is rescued and retried");
+                    if !job.locked {
+                        tracing::warn!(job = job.id, "claimed without its advisory lock; the lease alone guards it");
                     }
-                    let conn = session.as_mut().expect("claimed on this session");
-                    if queue::unlock(conn, &job).await.is_err() {
-                        // A broken session: closing it releases the lock.
-                        session = None;
+                    let span = tracing::info_span!("job", export_id = %job.export_id, kind = job.kind.as_str(), attempt = job.attempt);
+                    let conn = session.take().expect("claimed on this session");
+                    // A task of its own: a panicking stage drops the session (its lock goes, the
+                    // job is rescued), not this worker.
+                    let (me, stop, j) = (self.clone(), shutdown.clone(), job.clone());
+                    match tokio::spawn(async move { me.run(j, conn, &stop).await }.instrument(span)).await {
+                        Ok(Some(mut conn)) => {
+                            if queue::unlock(&mut conn, &job).await.is_ok() {
+                                session = Some(conn);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(error = %e, "stage panicked; the job is rescued and retried"),
                     }
                 }
                 Ok(None) => {
@@ -226,28 +243,41 @@ impl Workers {
         }
     }
 
-    async fn run(&self, job: Job, shutdown: &CancellationToken) {
-        if let Err(e) = self.run_inner(&job, shutdown).await {
+    /// Runs a claimed job; returns its claiming session while it is still usable.
+    async fn run(&self, job: Job, session: PgConnection, shutdown: &CancellationToken) -> Option<PgConnection> {
+        let (outcome, session) = self.run_inner(&job, session, shutdown).await;
+        if let Err(e) = outcome {
             // The job is rescued (its lock or lease is gone) and handed to someone else.
             tracing::error!(error = %e, "recording a job outcome failed");
         }
+        session
     }
 
-    async fn run_inner(&self, job: &Job, shutdown: &CancellationToken) -> sqlx::Result<()> {
+    async fn run_inner(
+        &self,
+        job: &Job,
+        session: PgConnection,
+        shutdown: &CancellationToken,
+    ) -> (sqlx::Result<()>, Option<PgConnection>) {
         let start =
             db::retry("starting a stage", || db::exports::start_stage(&self.pool, job.export_id, job.kind.stage()));
-        let Some(export) = start.await? else {
+        let export = match start.await {
+            Ok(Some(export)) => export,
             // Finished meanwhile, or cancelled between the claim and now.
-            return self.end_export(job, JobState::Cancelled, ExportStatus::Cancelled, None).await;
+            Ok(None) => {
+                return (self.end_export(job, JobState::Cancelled, ExportStatus::Cancelled, None).await, Some(session))
+            }
+            Err(e) => return (Err(e), Some(session)),
         };
         let Some(client) = self.tenants.get(&export.tenant) else {
             // Another replica (or this one after a config fix) may know it: wait, do not fail.
             let message = format!("tenant {} is not configured on this replica", export.tenant);
             tracing::warn!(error = %message, "handing the job back");
-            return self.requeue(job, Duration::from_secs(30), Requeue::Snooze, Some(&message)).await;
+            return (self.requeue(job, Duration::from_secs(30), Requeue::Snooze, Some(&message)).await, Some(session));
         };
         let stop = CancellationToken::new();
-        let stats = Arc::new(CallStats::new(stop.clone()));
+        let abandon = CancellationToken::new();
+        let stats = Arc::new(CallStats::new(abandon.clone()));
         let ctx = StageContext {
             pool: self.pool.clone(),
             client,
@@ -262,16 +292,22 @@ impl Workers {
         let woken = Arc::new(Notify::new());
         self.running.lock().expect("running map").insert(job.export_id, woken.clone());
         let reason = Arc::new(AtomicU8::new(RUNNING));
+        let done = CancellationToken::new();
         // Aborted on drop, so a panicking stage stops renewing its lease and gets rescued.
-        let _beat = AbortOnDrop(tokio::spawn(heartbeat(
-            self.pool.clone(),
-            job.clone(),
-            self.settings.lease(),
-            stop.clone(),
-            reason.clone(),
-            shutdown.clone(),
-            woken,
-        )));
+        let beat = AbortOnDrop(Some(tokio::spawn(heartbeat(
+            Beat {
+                pool: self.pool.clone(),
+                job: job.clone(),
+                lease: self.settings.lease(),
+                stop: stop.clone(),
+                abandon,
+                reason: reason.clone(),
+                shutdown: shutdown.clone(),
+                woken,
+                done: done.clone(),
+            },
+            session,
+        ))));
         let started = Instant::now();
         let mut stage = std::pin::pin!(run_stage(&ctx));
         let mut outcome = tokio::select! {
@@ -288,32 +324,36 @@ impl Workers {
             };
             outcome = tokio::time::timeout(drain, &mut stage).await.ok();
         }
-        drop(_beat);
+        done.cancel();
+        let session = beat.finish().await;
         self.running.lock().expect("running map").remove(&job.export_id);
         let elapsed = started.elapsed();
         tracing::debug!(?elapsed, ?outcome, "stage returned");
 
         self.write_stats(job.export_id, stats.take()).await;
         let why = reason.load(Ordering::SeqCst);
-        match (why, outcome) {
+        let recorded = match (why, outcome) {
             (RUNNING, Some(Ok(Step::Advance(next)))) | (SHUTTING_DOWN, Some(Ok(Step::Advance(next)))) => {
                 self.advance(job, next).await
             }
             (RUNNING, Some(Ok(Step::Snooze(delay)))) => self.requeue(job, delay, Requeue::Snooze, None).await,
-            (RUNNING, Some(Err(StageError::Fail(message)))) => {
+            (RUNNING | SHUTTING_DOWN, Some(Err(StageError::Fail(message)))) => {
                 record_stage_failure(job.kind.stage(), elapsed, "failed");
                 self.fail(job, &message).await
             }
             (RUNNING, Some(Err(e))) => {
                 let message = format!("{e:#}");
                 record_stage_failure(job.kind.stage(), elapsed, "retried");
-                if job.errors + 1 >= job.max_attempts {
-                    let message = format!("gave up after {} failures in a row: {message}", job.errors + 1);
-                    return self.fail(job, &message).await;
+                // Progress in this run gave the budget back: count from zero.
+                let before = if ctx.budget_restored.load(Ordering::Relaxed) { 0 } else { job.errors };
+                if before + 1 >= job.max_attempts {
+                    let message = format!("gave up after {} failures in a row: {message}", before + 1);
+                    self.fail(job, &message).await
+                } else {
+                    let delay = retry_delay(before + 1);
+                    tracing::warn!(error = %message, ?delay, "stage failed; retrying later");
+                    self.requeue(job, delay, Requeue::Failed, Some(&message)).await
                 }
-                let delay = retry_delay(job.errors + 1);
-                tracing::warn!(error = %message, ?delay, "stage failed; retrying later");
-                self.requeue(job, delay, Requeue::Failed, Some(&message)).await
             }
             (CANCEL_REQUESTED, _) => self.end_export(job, JobState::Cancelled, ExportStatus::Cancelled, None).await,
             (SHUTTING_DOWN, _) => self.requeue(job, Duration::ZERO, Requeue::Snooze, None).await,
@@ -321,7 +361,8 @@ impl Workers {
                 tracing::warn!("lease lost; another worker owns this job now");
                 Ok(())
             }
-        }
+        };
+        (recorded, session)
     }
 
     /// Writes a stage's call counts; if the database is down they wait in memory for the next try.
@@ -425,14 +466,18 @@ impl Workers {
     /// Hands jobs of crashed workers back to the queue every second (any replica may do it), and
     /// writes call counts kept in memory while the database was down.
     async fn rescue(self, shutdown: CancellationToken) {
+        let mut unreachable_at: Option<Instant> = None;
         loop {
-            match queue::rescue_abandoned(&self.pool).await {
+            let trust_locks = unreachable_at.map_or(true, |t| t.elapsed() > OUTAGE_GRACE);
+            match queue::rescue_abandoned(&self.pool, trust_locks).await {
                 Ok(queue::Rescued { requeued: 0, discarded: 0 }) => {}
                 Ok(r) => {
                     metrics::counter!("exporter_jobs_rescued_total").increment(r.requeued + r.discarded);
+                    metrics::counter!("exporter_exports_total", "status" => "failed").increment(r.discarded);
                     tracing::warn!(requeued = r.requeued, discarded = r.discarded, "rescued jobs of stopped workers");
                 }
                 Err(e) => {
+                    unreachable_at = Some(Instant::now());
                     metrics::counter!("exporter_rescuer_errors_total").increment(1);
                     tracing::warn!(error = %e, "rescuing abandoned jobs failed");
                 }
@@ -506,6 +551,7 @@ async fn finalize(ctx: &StageContext) -> Result<Step, StageError> {
         let Some(mut tx) = ctx.begin_fenced().await? else { return Ok(false) };
         db::roles::clear(&mut tx, ctx.export.id).await?;
         db::exports::set_total(&mut tx, ctx.export.id).await?;
+        crate::crash_point::crash_point("finalising.before_commit");
         tx.commit().await?;
         Ok(true)
     })
@@ -516,11 +562,21 @@ async fn finalize(ctx: &StageContext) -> Result<Step, StageError> {
     Ok(Step::Advance(None))
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// The heartbeat task: aborted when dropped (a panicking stage), joined when the stage ends.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<Option<PgConnection>>>);
+
+impl AbortOnDrop {
+    /// Waits for the heartbeat to hand its session back.
+    async fn finish(mut self) -> Option<PgConnection> {
+        self.0.take()?.await.ok().flatten()
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
     }
 }
 
@@ -530,34 +586,80 @@ fn retry_delay(failures: i32) -> Duration {
     Duration::from_secs_f64(base * (0.5 + fastrand::f64()))
 }
 
-/// Renews the lease every second (at once when a cancel NOTIFY names the export); stops the
-/// stage when the lease is lost, the export is cancelled or the process shuts down. A failed
-/// renewal (Postgres down) keeps going: the lease and the advisory lock decide.
-async fn heartbeat(
+/// What the heartbeat of one running job needs.
+struct Beat {
     pool: PgPool,
     job: Job,
     lease: Duration,
+    /// Winds the stage down: no new users.
     stop: CancellationToken,
+    /// Makes calls not yet sent give up (cancel, lost lease): their answers would be wasted.
+    abandon: CancellationToken,
     reason: Arc<AtomicU8>,
     shutdown: CancellationToken,
     woken: Arc<Notify>,
-) {
+    /// Fired when the stage has ended: hand the session back.
+    done: CancellationToken,
+}
+
+/// Renews the lease every second (at once when a cancel NOTIFY names the export) on the session
+/// that holds the job's advisory lock, taking a new session and the lock again if that one broke
+/// (a database restart), so the rescuer never mistakes a live worker for a crashed one. Stops the
+/// stage when the lease is lost, the export is cancelled or the process shuts down, and keeps
+/// beating while the stage stores what it received. Returns the session when the stage ends.
+async fn heartbeat(beat: Beat, session: PgConnection) -> Option<PgConnection> {
+    let Beat { pool, job, lease, stop, abandon, reason, shutdown, woken, done } = beat;
     let stop_with = |why: u8| {
-        reason.store(why, Ordering::SeqCst);
+        if reason.load(Ordering::SeqCst) == RUNNING {
+            reason.store(why, Ordering::SeqCst);
+        }
+        if why != SHUTTING_DOWN {
+            abandon.cancel();
+        }
         stop.cancel();
     };
+    let mut session = Some(session);
     loop {
-        match queue::heartbeat(&pool, &job, lease).await {
-            Ok(Heartbeat::Held { cancel_requested: true }) => return stop_with(CANCEL_REQUESTED),
-            Ok(Heartbeat::Held { .. }) => {}
-            Ok(Heartbeat::Lost) => return stop_with(LEASE_LOST),
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed; the lease is still valid for a while"),
+        if session.is_none() {
+            session = relock(&pool, &job).await;
+        }
+        if let Some(conn) = session.as_mut() {
+            match queue::heartbeat(conn, &job, lease).await {
+                Ok(Heartbeat::Held { cancel_requested: true }) => stop_with(CANCEL_REQUESTED),
+                Ok(Heartbeat::Held { .. }) => {}
+                Ok(Heartbeat::Lost) => {
+                    stop_with(LEASE_LOST);
+                    return session;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat failed; the lease is still valid for a while");
+                    // Closing the broken session releases nothing that still exists; a new one
+                    // takes the lock again on the next beat.
+                    session = None;
+                }
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep((lease / 3).min(queue::BEAT_EVERY)) => {}
             _ = woken.notified() => {}
-            _ = shutdown.cancelled() => return stop_with(SHUTTING_DOWN),
+            _ = shutdown.cancelled(), if !shutdown.is_cancelled() || reason.load(Ordering::SeqCst) == RUNNING => {
+                stop_with(SHUTTING_DOWN)
+            }
+            _ = done.cancelled() => return session,
         }
+    }
+}
+
+/// A fresh session holding the job's advisory lock again; `None` while Postgres is away.
+async fn relock(pool: &PgPool, job: &Job) -> Option<PgConnection> {
+    let mut conn = pool.acquire().await.ok()?.detach();
+    match queue::relock(&mut conn, job).await {
+        Ok(true) => Some(conn),
+        Ok(false) => {
+            tracing::warn!("the job's advisory lock is held elsewhere; the lease alone guards it now");
+            Some(conn)
+        }
+        Err(_) => None,
     }
 }
 
@@ -571,35 +673,35 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, running: Running, shutdown: Can
             listener.listen_all([queue::CHANNEL, queue::CANCEL_CHANNEL]).await?;
             Ok::<_, sqlx::Error>(listener)
         };
-        let mut listener = match connected.await {
-            Ok(l) => {
-                pause = Duration::from_millis(500);
-                l
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, ?pause, "LISTEN failed; workers poll meanwhile");
-                tokio::select! { _ = tokio::time::sleep(pause) => {}, _ = shutdown.cancelled() => return }
-                pause = (pause * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                n = listener.recv() => match n {
-                    Ok(n) if n.channel() == queue::CANCEL_CHANNEL => {
-                        let export = n.payload().parse::<Uuid>().ok();
-                        if let Some(woken) = export.and_then(|id| running.lock().expect("running map").get(&id).cloned()) {
-                            woken.notify_one();
+        let failure = match connected.await {
+            Err(e) => e,
+            Ok(mut listener) => loop {
+                tokio::select! {
+                    n = listener.recv() => match n {
+                        Ok(n) => {
+                            // Only a connection that delivers resets the pause.
+                            pause = Duration::from_millis(500);
+                            notify(&n, &wake, &running);
                         }
-                    }
-                    Ok(_) => wake.notify_waiters(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
-                        break;
-                    }
-                },
-                _ = shutdown.cancelled() => return,
-            }
+                        Err(e) => break e,
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            },
+        };
+        tracing::warn!(error = %failure, ?pause, "LISTEN failed; workers poll meanwhile");
+        tokio::select! { _ = tokio::time::sleep(pause) => {}, _ = shutdown.cancelled() => return }
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn notify(n: &sqlx::postgres::PgNotification, wake: &Notify, running: &Running) {
+    if n.channel() == queue::CANCEL_CHANNEL {
+        let export = n.payload().parse::<Uuid>().ok();
+        if let Some(woken) = export.and_then(|id| running.lock().expect("running map").get(&id).cloned()) {
+            woken.notify_one();
         }
+    } else {
+        wake.notify_waiters();
     }
 }

@@ -19,9 +19,6 @@ use crate::{
 
 /// Members per checkpoint page (Auth0's maximum `take`).
 const PAGE: usize = 100;
-/// Profiles whose roles are written per fenced transaction: short enough that heartbeats and
-/// other replicas' rescuers never wait on it.
-const FOLD_BATCH: i64 = 5_000;
 
 /// Decides how roles are fetched and, by role, fetches every membership; returns the strategy to
 /// finish with. The memberships are folded into the profiles by [`fold`] once no other pass
@@ -66,10 +63,11 @@ pub async fn enumerate(ctx: &StageContext, users: i64, concurrency: usize) -> Re
 #[tracing::instrument(skip_all)]
 pub async fn fold(ctx: &StageContext) -> Result<(), StageError> {
     let mut after = ctx.export.roles_folded_after.clone();
+    let batch = ctx.settings.fold_batch.max(1) as i64;
     loop {
         let step = db::retry("folding roles into profiles", || async {
             let Some(mut tx) = ctx.begin_fenced().await? else { return Ok(None) };
-            let last = db::roles::fold_into_profiles(&mut tx, ctx.export.id, after.as_deref(), FOLD_BATCH).await?;
+            let last = db::roles::fold_into_profiles(&mut tx, ctx.export.id, after.as_deref(), batch).await?;
             db::exports::set_roles_folded(&mut tx, ctx.export.id, last.as_deref().or(after.as_deref()), last.is_none())
                 .await?;
             ctx.flush_stats(&mut tx).await?;
@@ -79,7 +77,11 @@ pub async fn fold(ctx: &StageContext) -> Result<(), StageError> {
         .await?;
         match step {
             None => return Err(lease_lost()),
-            Some(Some(last)) => after = Some(last),
+            Some(Some(last)) => {
+                ctx.made_progress().await;
+                crate::crash_point::crash_point("folding.after_batch");
+                after = Some(last)
+            }
             Some(None) => return Ok(()),
         }
     }
@@ -150,6 +152,7 @@ async fn page_members(
             db::roles::store_members_page(&ctx.pool, ctx.export.id, &role_id, &users, next.as_deref())
         })
         .await?;
+        ctx.made_progress().await;
         match next {
             Some(n) => from = Some(n),
             None => return Ok(()),

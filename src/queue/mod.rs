@@ -81,6 +81,9 @@ pub struct Job {
     /// Failures since the job last made progress; `max_attempts` bounds these.
     pub errors: i32,
     pub max_attempts: i32,
+    /// Whether the claiming session took the job's advisory lock.
+    #[sqlx(default)]
+    pub locked: bool,
 }
 
 /// Adds a job inside the caller's transaction and wakes listeners when it commits.
@@ -106,7 +109,7 @@ pub async fn claim(conn: &mut PgConnection, worker: &str, lease: Duration) -> sq
           WHERE id = (SELECT id FROM queue_jobs
                        WHERE state IN ('available', 'retryable') AND run_at <= now() AND kind = ANY($3)
                        ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-      RETURNING id, export_id, kind, attempt, errors, max_attempts, pg_try_advisory_lock($4, id::int4) AS locked",
+      RETURNING id, export_id, kind, attempt, errors, max_attempts, pg_try_advisory_lock($4, (id & 2147483647)::int4) AS locked",
     )
     .bind(worker)
     .bind(lease.as_secs_f64())
@@ -116,14 +119,29 @@ pub async fn claim(conn: &mut PgConnection, worker: &str, lease: Duration) -> sq
     .await
 }
 
+/// The second key of a job's advisory lock: its id folded into int4 (ids never overflow it).
+fn lock_key(id: i64) -> i32 {
+    (id & 0x7fff_ffff) as i32
+}
+
 /// Releases the advisory lock [`claim`] took on this session.
 pub async fn unlock(conn: &mut PgConnection, job: &Job) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_advisory_unlock($1, $2::int4)")
         .bind(LOCK_CLASS)
-        .bind(job.id as i32)
+        .bind(lock_key(job.id))
         .execute(conn)
         .await
         .map(drop)
+}
+
+/// Takes the job's advisory lock again on a new session (the old one broke); false if another
+/// session holds it.
+pub async fn relock(conn: &mut PgConnection, job: &Job) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+        .bind(LOCK_CLASS)
+        .bind(lock_key(job.id))
+        .fetch_one(conn)
+        .await
 }
 
 /// What a heartbeat learned.
@@ -133,7 +151,7 @@ pub enum Heartbeat {
     Lost,
 }
 
-pub async fn heartbeat(pool: &PgPool, job: &Job, lease: Duration) -> sqlx::Result<Heartbeat> {
+pub async fn heartbeat(conn: &mut PgConnection, job: &Job, lease: Duration) -> sqlx::Result<Heartbeat> {
     let row: Option<bool> = sqlx::query_scalar(
         "UPDATE queue_jobs q SET lease_expires_at = now() + make_interval(secs => $3), heartbeat_at = now()
           WHERE q.id = $1 AND q.attempt = $2 AND q.state = 'running'
@@ -142,7 +160,7 @@ pub async fn heartbeat(pool: &PgPool, job: &Job, lease: Duration) -> sqlx::Resul
     .bind(job.id)
     .bind(job.attempt)
     .bind(lease.as_secs_f64())
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     Ok(match row {
         Some(cancel_requested) => Heartbeat::Held { cancel_requested },
@@ -154,7 +172,7 @@ pub async fn heartbeat(pool: &PgPool, job: &Job, lease: Duration) -> sqlx::Resul
 pub async fn finish(conn: &mut PgConnection, job: &Job, state: JobState, error: Option<&str>) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE queue_jobs SET state = $3, finished_at = now(), last_error = COALESCE($4, last_error),
-                lease_expires_at = NULL
+                lease_expires_at = NULL, claimed_at = NULL, heartbeat_at = NULL
           WHERE id = $1 AND attempt = $2 AND state = 'running'",
     )
     .bind(job.id)
@@ -188,7 +206,7 @@ pub async fn reschedule(
         "UPDATE queue_jobs SET state = CASE WHEN $4 THEN 'retryable' ELSE 'available' END,
                 errors = CASE WHEN $4 THEN errors + 1 ELSE 0 END,
                 run_at = now() + make_interval(secs => $3), locked_by = NULL, lease_expires_at = NULL,
-                last_error = COALESCE($5, last_error)
+                claimed_at = NULL, heartbeat_at = NULL, last_error = COALESCE($5, last_error)
           WHERE id = $1 AND attempt = $2 AND state = 'running'",
     )
     .bind(job.id)
@@ -237,21 +255,25 @@ pub struct Rescued {
 /// when its lease expired (the backstop, and the only sign for jobs claimed without a lock). A
 /// job whose workers died `max_attempts` times without progress fails its export instead.
 #[tracing::instrument(skip_all)]
-pub async fn rescue_abandoned(pool: &PgPool) -> sqlx::Result<Rescued> {
+///
+/// `trust_locks` is false right after the caller itself could not reach Postgres: every session
+/// died in that outage, and live workers need a moment to beat and take their locks again.
+pub async fn rescue_abandoned(pool: &PgPool, trust_locks: bool) -> sqlx::Result<Rescued> {
     let mut tx = pool.begin().await?;
     let abandoned: Vec<(i64, i32, i32)> = sqlx::query_as(
         "SELECT q.id, q.errors, q.max_attempts FROM queue_jobs q
           WHERE q.state = 'running'
             AND (q.lease_expires_at < now()
-                 OR (q.claimed_at IS NOT NULL AND q.heartbeat_at < now() - make_interval(secs => $2) AND NOT EXISTS (
+                 OR ($3 AND q.claimed_at IS NOT NULL AND q.heartbeat_at < now() - make_interval(secs => $2) AND NOT EXISTS (
                         SELECT 1 FROM pg_locks l
                          WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                           AND l.classid = $1::int8::oid AND l.objid = (q.id::int4)::int8::oid AND l.objsubid = 2
+                           AND l.classid = $1::int8::oid AND l.objid = (q.id & 2147483647)::oid AND l.objsubid = 2
                            AND l.granted)))
           FOR UPDATE SKIP LOCKED",
     )
     .bind(LOCK_CLASS)
     .bind(BEAT_STALE.as_secs_f64())
+    .bind(trust_locks)
     .fetch_all(&mut *tx)
     .await?;
     let (dead, retry): (Vec<_>, Vec<_>) = abandoned.into_iter().partition(|(_, errors, max)| errors + 1 >= *max);
@@ -261,7 +283,7 @@ pub async fn rescue_abandoned(pool: &PgPool) -> sqlx::Result<Rescued> {
         sqlx::query(
             "WITH dead AS (
                 UPDATE queue_jobs SET state = 'discarded', finished_at = now(), errors = errors + 1,
-                       lease_expires_at = NULL,
+                       lease_expires_at = NULL, claimed_at = NULL, heartbeat_at = NULL,
                        last_error = 'the worker running this job stopped too many times without progress'
                  WHERE id = ANY($1) RETURNING export_id, errors)
              UPDATE exports e SET status = 'failed', finished_at = now(),
@@ -276,7 +298,7 @@ pub async fn rescue_abandoned(pool: &PgPool) -> sqlx::Result<Rescued> {
     if !retry.is_empty() {
         sqlx::query(
             "UPDATE queue_jobs SET state = 'retryable', run_at = now(), locked_by = NULL, lease_expires_at = NULL,
-                    errors = errors + 1, last_error = 'the worker running this job stopped (crash or lost connection)'
+                    claimed_at = NULL, heartbeat_at = NULL, errors = errors + 1, last_error = 'the worker running this job stopped (crash or lost connection)'
               WHERE id = ANY($1)",
         )
         .bind(&retry)

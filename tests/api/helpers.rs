@@ -329,6 +329,17 @@ pub fn exact_truth(sim: &auth0_sim::Sim, enrich: &[&str]) -> Vec<(String, Exact)
 /// A `serve` process of the real binary, so a crash can be a real `kill -9` and a graceful stop
 /// a real SIGTERM. `worker_toml` adds lines to its `[worker]` settings.
 pub fn spawn_process(sim_url: &str, database_url: &str, rate: f64, worker_toml: &str) -> tokio::process::Child {
+    spawn_process_with(sim_url, database_url, rate, worker_toml, &[])
+}
+
+/// [`spawn_process`] with extra environment variables (e.g. `EXPORTER_CRASH_AT`).
+pub fn spawn_process_with(
+    sim_url: &str,
+    database_url: &str,
+    rate: f64,
+    worker_toml: &str,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
     let config = std::env::temp_dir().join(format!("exporter-test-{}.toml", uuid::Uuid::new_v4().simple()));
     let settings = format!("[worker]\nconcurrency = 2\npoll_interval_ms = 100\nenrich_batch = 10\n{worker_toml}\n");
     std::fs::write(&config, settings).unwrap();
@@ -351,6 +362,7 @@ pub fn spawn_process(sim_url: &str, database_url: &str, rate: f64, worker_toml: 
         } else {
             std::process::Stdio::null()
         })
+        .envs(env.iter().copied())
         .kill_on_drop(true)
         .spawn()
         .expect("the service binary starts")

@@ -69,25 +69,25 @@ async fn a_lost_lease_fences_the_old_worker_out() {
     let first = queue::claim(&mut a, "a", lease).await.unwrap().expect("a job");
     assert_eq!(first.export_id, export);
     assert!(queue::claim(&mut b, "b", lease).await.unwrap().is_none(), "a claimed job is not claimed twice");
-    assert_eq!(queue::rescue_abandoned(&pool).await.unwrap(), Rescued::default(), "a live worker keeps its job");
+    assert_eq!(queue::rescue_abandoned(&pool, true).await.unwrap(), Rescued::default(), "a live worker keeps its job");
 
     // Worker a stalls: its lease runs out and the rescuer hands the job to b.
     sqlx::query("UPDATE queue_jobs SET lease_expires_at = now() - interval '1 second'").execute(&pool).await.unwrap();
-    assert_eq!(queue::rescue_abandoned(&pool).await.unwrap(), Rescued { requeued: 1, discarded: 0 });
+    assert_eq!(queue::rescue_abandoned(&pool, true).await.unwrap(), Rescued { requeued: 1, discarded: 0 });
     queue::unlock(&mut a, &first).await.unwrap();
     let second = queue::claim(&mut b, "b", lease).await.unwrap().expect("rescued job");
     assert_eq!(second.id, first.id);
     assert_eq!(second.attempt, first.attempt + 1);
     assert_eq!(second.errors, 1, "a worker that stopped counts as a failure");
 
-    assert_eq!(queue::heartbeat(&pool, &first, lease).await.unwrap(), Heartbeat::Lost);
     let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(queue::heartbeat(&mut conn, &first, lease).await.unwrap(), Heartbeat::Lost);
     assert!(
         !queue::finish(&mut conn, &first, JobState::Completed, None).await.unwrap(),
         "the old attempt cannot finish"
     );
     assert!(!queue::reschedule(&pool, &first, Duration::ZERO, Requeue::Snooze, None).await.unwrap());
-    assert_eq!(queue::heartbeat(&pool, &second, lease).await.unwrap(), Heartbeat::Held { cancel_requested: false });
+    assert_eq!(queue::heartbeat(&mut conn, &second, lease).await.unwrap(), Heartbeat::Held { cancel_requested: false });
     assert!(queue::finish(&mut conn, &second, JobState::Completed, None).await.unwrap());
 }
 
@@ -98,12 +98,12 @@ async fn a_closed_session_is_rescued_at_once_without_waiting_for_the_lease() {
     let lease = Duration::from_secs(600);
     let mut session = pool.acquire().await.unwrap().detach();
     let job = queue::claim(&mut session, "a", lease).await.unwrap().expect("a job");
-    assert_eq!(queue::rescue_abandoned(&pool).await.unwrap(), Rescued::default());
+    assert_eq!(queue::rescue_abandoned(&pool, true).await.unwrap(), Rescued::default());
     // The process dies: Postgres drops its session and with it the advisory lock.
     drop(session);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let rescued = queue::rescue_abandoned(&pool).await.unwrap();
+        let rescued = queue::rescue_abandoned(&pool, true).await.unwrap();
         if rescued.requeued == 1 {
             break;
         }
