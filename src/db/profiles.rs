@@ -187,7 +187,7 @@ pub async fn store_enrichments(
     batch: &[UserEnrichment],
 ) -> sqlx::Result<u64> {
     let json = |f: fn(&UserEnrichment) -> &Option<Value>| -> Vec<Option<String>> {
-        batch.iter().map(|u| f(u).as_ref().map(Value::to_string)).collect()
+        batch.iter().map(|u| f(u).as_ref().map(jsonb_text)).collect()
     };
     let (set, pending) = match pass {
         Pass::Roles => (
@@ -227,4 +227,42 @@ pub async fn mark_all_enriched(conn: &mut PgConnection, export_id: Uuid) -> sqlx
         .execute(conn)
         .await?;
     Ok(done.rows_affected())
+}
+
+/// A value as jsonb input: jsonb cannot hold U+0000, so in these Auth0 API answers (never in the
+/// exported documents, which are stored verbatim) a real U+0000 becomes U+FFFD rather than
+/// failing the batch forever.
+fn jsonb_text(value: &Value) -> String {
+    fn clean(v: &mut Value) {
+        match v {
+            Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{fffd}"),
+            Value::Array(items) => items.iter_mut().for_each(clean),
+            Value::Object(map) => {
+                if map.keys().any(|k| k.contains('\0')) {
+                    *map = std::mem::take(map).into_iter().map(|(k, v)| (k.replace('\0', "\u{fffd}"), v)).collect();
+                }
+                map.values_mut().for_each(clean);
+            }
+            _ => {}
+        }
+    }
+    let text = value.to_string();
+    if !text.contains("\\u0000") {
+        return text;
+    }
+    let mut value = value.clone();
+    clean(&mut value);
+    value.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn only_real_nul_is_replaced_in_enrichments() {
+        let cleaned = super::jsonb_text(&json!({"a": "x\u{0}y", "b\u{0}": ["\\u0000"]}));
+        assert_eq!(cleaned, json!({"a": "x\u{fffd}y", "b\u{fffd}": ["\\u0000"]}).to_string());
+        assert_eq!(super::jsonb_text(&json!(["\\u0000"])), r#"["\\u0000"]"#);
+    }
 }
