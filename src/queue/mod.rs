@@ -205,7 +205,11 @@ pub async fn reschedule(
     let done = sqlx::query(
         "UPDATE queue_jobs SET state = CASE WHEN $4 THEN 'retryable' ELSE 'available' END,
                 errors = CASE WHEN $4 THEN errors + 1 ELSE 0 END,
-                run_at = now() + make_interval(secs => $3), locked_by = NULL, lease_expires_at = NULL,
+                -- A cancel that arrived while the stage was finishing: run again at once, so the
+                -- next claim winds the export up instead of sleeping through the delay.
+                run_at = now() + CASE WHEN (SELECT e.cancel_requested FROM exports e WHERE e.id = export_id)
+                                      THEN interval '0' ELSE make_interval(secs => $3) END,
+                locked_by = NULL, lease_expires_at = NULL,
                 claimed_at = NULL, heartbeat_at = NULL, last_error = COALESCE($5, last_error)
           WHERE id = $1 AND attempt = $2 AND state = 'running'",
     )

@@ -148,12 +148,13 @@ async fn cancel_stops_an_export_and_refuses_twice() {
     assert!(export["finished_at"].is_string());
     problem(app.post(&format!("/v1/exports/{id}/cancel"), WRITE_TOKEN, &json!({})).await, 409).await;
     problem(app.get(&format!("/v1/exports/{id}/download"), READ_TOKEN).await, 409).await;
-    let live: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM queue_jobs WHERE state IN ('available','running','retryable')")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(live, 0, "no job of a cancelled export stays queued");
+    let live: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT kind, state, attempt FROM queue_jobs WHERE state IN ('available','running','retryable')",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(live.is_empty(), "no job of a cancelled export stays queued: {live:?}");
 }
 
 #[tokio::test]
