@@ -434,3 +434,24 @@ pub async fn set_roles_folded(conn: &mut PgConnection, id: Uuid, after: Option<&
         .await
         .map(drop)
 }
+
+/// Deletes a finished export: its profiles at once (the partition is truncated, or an older
+/// export's rows deleted), then the row itself with its queue jobs and role scratch rows.
+/// False when it is no longer finished.
+#[tracing::instrument(skip(pool))]
+pub async fn delete(pool: &PgPool, id: Uuid) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let finished: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM exports WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled') FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if finished.is_none() {
+        return Ok(false);
+    }
+    crate::db::profiles::empty(&mut tx, id).await?;
+    sqlx::query("DELETE FROM exports WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(true)
+}

@@ -81,13 +81,141 @@ pub async fn insert_batch(conn: &mut PgConnection, export_id: Uuid, lines: &[Exp
     Ok(done.rows_affected())
 }
 
-/// Filters of `GET /v1/exports/{id}/profiles`, each backed by an index.
+/// Rows in Postgres's `COPY` text format: one line per row, tab-separated, `\N` for null.
+#[derive(Debug, Default)]
+pub struct CopyBatch(Vec<u8>);
+
+impl CopyBatch {
+    /// Appends `(export_id, user_id, raw, email, connection)` for `line`.
+    pub fn push(&mut self, export_id: Uuid, line: &ExportedLine) {
+        let out = &mut self.0;
+        out.extend_from_slice(export_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()).as_bytes());
+        for field in [Some(&line.user_id), Some(&line.raw), line.email.as_ref(), line.connection.as_ref()] {
+            out.push(b'\t');
+            match field {
+                None => out.extend_from_slice(b"\\N"),
+                Some(text) => copy_escape(out, text),
+            }
+        }
+        out.push(b'\n');
+    }
+}
+
+/// Escapes a field for `COPY … FROM STDIN` (text format): backslash and the separators.
+fn copy_escape(out: &mut Vec<u8>, text: &str) {
+    for &b in text.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Creates (once) and returns the export's own partition.
+#[tracing::instrument(skip_all)]
+pub async fn ensure_partition(pool: &PgPool, export_id: Uuid) -> sqlx::Result<String> {
+    sqlx::query_scalar("SELECT exporter_profiles_partition($1)::text").bind(export_id).fetch_one(pool).await
+}
+
+/// Loads a batch with `COPY` (the bulk path Postgres is fastest at); returns the rows stored.
+#[tracing::instrument(skip_all)]
+pub async fn copy_batch(conn: &mut PgConnection, export_id: Uuid, batch: &CopyBatch) -> sqlx::Result<u64> {
+    let _ = export_id; // the rows carry it; routing picks the export's partition
+    let mut copy = conn.copy_in_raw("COPY profiles (export_id, user_id, raw, email, connection) FROM STDIN").await?;
+    copy.send(batch.0.as_slice()).await?;
+    copy.finish().await
+}
+
+/// The name of an export's own partition (hex digits of its id only: safe to splice into DDL,
+/// which cannot take identifiers as parameters).
+fn partition_name(export_id: Uuid) -> String {
+    format!("profiles_{}", export_id.simple())
+}
+
+/// Removes an export's profiles: its partition is truncated (storage freed at once, no scan);
+/// rows of an export stored before partitioning are deleted.
+pub async fn empty(conn: &mut PgConnection, export_id: Uuid) -> sqlx::Result<()> {
+    let part = partition_name(export_id);
+    let own: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&part).fetch_one(&mut *conn).await?;
+    if own.is_some() {
+        sqlx::query(&format!("TRUNCATE {part}")).execute(conn).await.map(drop)
+    } else {
+        sqlx::query("DELETE FROM profiles WHERE export_id = $1").bind(export_id).execute(conn).await.map(drop)
+    }
+}
+
+/// Detaches and drops an export's partition. `DETACH … CONCURRENTLY` blocks no reader of other
+/// exports (it waits for theirs to end instead), so it runs outside any transaction.
+#[tracing::instrument(skip(pool))]
+pub async fn drop_partition(pool: &PgPool, export_id: Uuid) -> sqlx::Result<()> {
+    let part = partition_name(export_id);
+    let attached: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = 'profiles'::regclass AND inhrelid = to_regclass($1))",
+    )
+    .bind(&part)
+    .fetch_one(pool)
+    .await?;
+    if attached {
+        sqlx::query(&format!("ALTER TABLE profiles DETACH PARTITION {part} CONCURRENTLY")).execute(pool).await?;
+    }
+    sqlx::query(&format!("DROP TABLE IF EXISTS {part}")).execute(pool).await.map(drop)
+}
+
+/// Exports whose partition outlived them (a drop interrupted by a crash).
+pub async fn orphan_partitions(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT substr(c.relname, 10)::uuid FROM pg_class c
+          WHERE c.relkind = 'r' AND c.relname ~ '^profiles_[0-9a-f]{32}$'
+            AND NOT EXISTS (SELECT 1 FROM exports e WHERE e.id = substr(c.relname, 10)::uuid)",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Builds the read indexes of a completed export's partition and its statistics.
+#[tracing::instrument(skip_all)]
+pub async fn index_partition(pool: &PgPool, export_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("SELECT exporter_index_partition($1)").bind(export_id).execute(pool).await.map(drop)
+}
+
+/// Filters of `GET /v1/exports/{id}/profiles`, each backed by an index of the export's partition.
 #[derive(Debug, Default)]
 pub struct ProfileFilter {
     pub role: Option<String>,
     pub has_mfa: Option<bool>,
     pub connection: Option<String>,
     pub email: Option<String>,
+}
+
+impl ProfileFilter {
+    /// The page query of this filter's shape (and of a first or a later page): only the
+    /// conditions it uses, so each shape gets a plan of its own; a catch-all `$n IS NULL OR …`
+    /// lets a cached generic plan scan the whole export. Parameters: `$1` export, `$2` limit,
+    /// then the last user of the previous page when `after`, then the set filters in the order
+    /// role, has_mfa, connection, email.
+    pub fn page_sql(&self, after: bool) -> String {
+        let mut sql = format!("SELECT {COLUMNS} FROM profiles WHERE export_id = $1");
+        let mut n = 2;
+        for (set, condition) in [
+            (after, "user_id > $"),
+            (self.role.is_some(), "role_names @> ARRAY[$::text]"),
+            (self.has_mfa.is_some(), "has_mfa = $"),
+            (self.connection.is_some(), "connection = $"),
+            (self.email.is_some(), "email = $"),
+        ] {
+            if set {
+                n += 1;
+                sql.push_str(" AND ");
+                sql.push_str(&condition.replacen('$', &format!("${n}"), 1));
+            }
+        }
+        sql.push_str(" ORDER BY user_id LIMIT $2");
+        sql
+    }
 }
 
 /// One page in `user_id` order after `after`; fetches `limit + 1` rows to tell if more exist.
@@ -99,24 +227,24 @@ pub async fn page(
     after: Option<&str>,
     limit: i64,
 ) -> sqlx::Result<Vec<ProfileRow>> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM profiles
-          WHERE export_id = $1 AND ($2::text IS NULL OR user_id > $2)
-            AND ($3::text IS NULL OR role_names @> ARRAY[$3::text])
-            AND ($4::bool IS NULL OR has_mfa = $4)
-            AND ($5::text IS NULL OR connection = $5)
-            AND ($6::text IS NULL OR email = $6)
-          ORDER BY user_id LIMIT $7"
-    ))
-    .bind(export_id)
-    .bind(after)
-    .bind(filter.role.as_deref())
-    .bind(filter.has_mfa)
-    .bind(filter.connection.as_deref())
-    .bind(filter.email.as_deref())
-    .bind(limit + 1)
-    .fetch_all(pool)
-    .await
+    let sql = filter.page_sql(after.is_some());
+    let mut query = sqlx::query_as(&sql).bind(export_id).bind(limit + 1);
+    if let Some(after) = after {
+        query = query.bind(after);
+    }
+    if let Some(role) = &filter.role {
+        query = query.bind(role);
+    }
+    if let Some(has_mfa) = filter.has_mfa {
+        query = query.bind(has_mfa);
+    }
+    if let Some(connection) = &filter.connection {
+        query = query.bind(connection);
+    }
+    if let Some(email) = &filter.email {
+        query = query.bind(email);
+    }
+    query.fetch_all(pool).await
 }
 
 #[tracing::instrument(skip_all)]

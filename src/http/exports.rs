@@ -282,3 +282,36 @@ pub async fn cancel(
         }
     }
 }
+
+/// Delete a finished export, its profiles and everything kept for it.
+#[utoipa::path(delete, path = "/v1/exports/{id}", tag = "exports", params(("id" = Uuid, Path)),
+    responses((status = 204, description = "deleted"), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem, description = "queued or running: cancel it first")),
+    security(("bearer" = ["write"])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    _: CanWrite,
+    AppPath(id): AppPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let row = load_export(&state, &id).await?;
+    if !row.status.is_final() {
+        return Err(ApiError::Conflict(format!(
+            "export {} is {}; cancel it first (POST /v1/exports/{}/cancel)",
+            row.id,
+            row.status.as_str(),
+            row.id
+        )));
+    }
+    if !store::delete(&state.pool, row.id).await? {
+        return Err(ApiError::Conflict(format!("export {} started again meanwhile; cancel it first", row.id)));
+    }
+    tracing::info!(export_id = %row.id, "export deleted");
+    // The emptied partition is detached and dropped without blocking readers of other exports.
+    let pool = state.pool.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::db::profiles::drop_partition(&pool, row.id).await {
+            tracing::warn!(error = %e, "dropping a deleted export's partition failed; the sweeper retries");
+        }
+    });
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -62,7 +62,7 @@ impl AppState {
 #[openapi(
     info(title = "auth0-exporter", description = "Complete Auth0 user profiles: export fields, roles and MFA factors."),
     paths(
-        exports::create, exports::list, exports::get, exports::cancel,
+        exports::create, exports::list, exports::get, exports::cancel, exports::delete,
         profiles::list, profiles::get, profiles::download,
         health::livez, health::readyz, health::metrics, health::openapi,
     ),
@@ -87,7 +87,7 @@ pub fn router(state: AppState) -> Router {
     let x_request_id = axum::http::HeaderName::from_static("x-request-id");
     Router::new()
         .route("/v1/exports", post(exports::create).get(exports::list))
-        .route("/v1/exports/{id}", get(exports::get))
+        .route("/v1/exports/{id}", get(exports::get).delete(exports::delete))
         .route("/v1/exports/{id}/cancel", post(exports::cancel))
         .route("/v1/exports/{id}/profiles", get(profiles::list))
         .route("/v1/exports/{id}/profiles/{user_id}", get(profiles::get))

@@ -161,8 +161,11 @@ const CANCEL_REQUESTED: u8 = 1;
 const LEASE_LOST: u8 = 2;
 const SHUTTING_DOWN: u8 = 3;
 
-/// How long a cancelled stage may take to store what it received before it is dropped.
-const CANCEL_DRAIN: Duration = Duration::from_millis(1500);
+/// How long a cancelled stage may take to wind down before it is dropped: its answers no
+/// longer matter, the 2-second promise does.
+const CANCEL_DRAIN: Duration = Duration::from_millis(300);
+/// How long a stage that lost its lease may take to store what it received.
+const LOST_LEASE_DRAIN: Duration = Duration::from_millis(1500);
 /// How often the rescuer looks for crashed workers (their advisory locks are gone).
 const RESCUE_EVERY: Duration = Duration::from_secs(1);
 /// After the rescuer itself could not reach Postgres, it trusts only expired leases this long:
@@ -320,7 +323,8 @@ impl Workers {
             // written where nothing is stored yet, so a stale worker cannot harm the new owner.
             let drain = match reason.load(Ordering::SeqCst) {
                 SHUTTING_DOWN => self.settings.drain_budget(),
-                _ => CANCEL_DRAIN,
+                CANCEL_REQUESTED => CANCEL_DRAIN,
+                _ => LOST_LEASE_DRAIN,
             };
             outcome = tokio::time::timeout(drain, &mut stage).await.ok();
         }
@@ -467,6 +471,7 @@ impl Workers {
     /// writes call counts kept in memory while the database was down.
     async fn rescue(self, shutdown: CancellationToken) {
         let mut unreachable_at: Option<Instant> = None;
+        let mut tick = 1u64;
         loop {
             let trust_locks = unreachable_at.map_or(true, |t| t.elapsed() > OUTAGE_GRACE);
             match queue::rescue_abandoned(&self.pool, trust_locks).await {
@@ -485,6 +490,10 @@ impl Workers {
             if !self.unwritten.lock().expect("unwritten map").is_empty() {
                 self.flush_unwritten().await;
             }
+            if tick % ORPHAN_SWEEP_EVERY == 0 {
+                sweep_orphan_partitions(&self.pool).await;
+            }
+            tick += 1;
             tokio::select! {
                 _ = tokio::time::sleep(RESCUE_EVERY) => {}
                 _ = shutdown.cancelled() => {
@@ -525,6 +534,19 @@ where
     }
 }
 
+/// Rescue passes between two sweeps for partitions of deleted exports.
+const ORPHAN_SWEEP_EVERY: u64 = 60;
+
+/// Drops partitions whose export was deleted but whose drop was interrupted.
+async fn sweep_orphan_partitions(pool: &PgPool) {
+    let Ok(orphans) = db::profiles::orphan_partitions(pool).await else { return };
+    for export in orphans {
+        if let Err(e) = db::profiles::drop_partition(pool, export).await {
+            tracing::warn!(error = %e, %export, "dropping an orphaned partition failed");
+        }
+    }
+}
+
 fn record_stage_failure(stage: Stage, elapsed: Duration, outcome: &'static str) {
     metrics::histogram!("exporter_stage_duration_seconds", "stage" => stage.as_str(), "outcome" => outcome)
         .record(elapsed.as_secs_f64());
@@ -545,8 +567,12 @@ pub fn lease_lost() -> StageError {
     StageError::Retry(anyhow::anyhow!("lease lost; another worker owns this stage now"))
 }
 
-/// Drops the role scratch tables and counts the result; the runner marks the export completed.
+/// Builds the export's read indexes, drops the role scratch tables and counts the result; the
+/// runner marks the export completed.
 async fn finalize(ctx: &StageContext) -> Result<Step, StageError> {
+    // Outside the fenced transaction: building indexes over a million rows takes a while, and
+    // is idempotent, so a stale worker doing it too harms nothing.
+    db::retry("indexing the export", || db::profiles::index_partition(&ctx.pool, ctx.export.id)).await?;
     let held = db::retry("finalising", || async {
         let Some(mut tx) = ctx.begin_fenced().await? else { return Ok(false) };
         db::roles::clear(&mut tx, ctx.export.id).await?;

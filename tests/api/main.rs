@@ -5,6 +5,7 @@ mod exact;
 mod exports;
 mod faults;
 mod helpers;
+mod layout;
 mod proxy;
 mod reliability;
 mod requests;
