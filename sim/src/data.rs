@@ -1,7 +1,5 @@
 //! Deterministic tenant data: users, roles, memberships and MFA factors rebuilt from (seed, index).
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
@@ -194,8 +192,8 @@ pub struct Tenant {
     pub ids: Vec<Box<str>>,
     /// connection index by user index.
     pub conn: Vec<u8>,
-    pub by_id: HashMap<Box<str>, u32>,
-    /// user indexes sorted by user_id.
+    /// user indexes sorted by user_id (also the id -> index lookup, by binary search: a second map of
+    /// every id would cost ~80 MB at a million users).
     pub sorted: Vec<u32>,
     /// per role: (assignment time ms, user index) sorted by (time, user_id).
     pub members: Vec<Vec<(i64, u32)>>,
@@ -237,13 +235,13 @@ impl Tenant {
             ids.push(base.user_id.into_boxed_str());
             conn.push(base.conn);
         }
-        let by_id = ids.iter().enumerate().map(|(i, id)| (id.clone(), i as u32)).collect();
         let mut sorted: Vec<u32> = (0..users as u32).collect();
         sorted.sort_by(|a, b| ids[*a as usize].cmp(&ids[*b as usize]));
         for m in &mut members {
             m.sort_by(|a, b| (a.0, &ids[a.1 as usize]).cmp(&(b.0, &ids[b.1 as usize])));
+            m.shrink_to_fit();
         }
-        Tenant { seed, mfa_share, tenant: tenant.to_string(), connections, roles, ids, conn, by_id, sorted, members }
+        Tenant { seed, mfa_share, tenant: tenant.to_string(), connections, roles, ids, conn, sorted, members }
     }
 
     pub fn len(&self) -> u64 {
@@ -251,10 +249,12 @@ impl Tenant {
     }
 
     pub fn index_of(&self, user_id: &str) -> Option<u32> {
-        self.by_id.get(user_id).copied()
+        let pos = self.sorted.binary_search_by(|i| (*self.ids[*i as usize]).cmp(user_id)).ok()?;
+        Some(self.sorted[pos])
     }
 
     /// The full user object, as GET /users/{id} would return it (numbers past f64 are lossy here).
+    #[cfg(test)]
     pub fn user(&self, idx: u32) -> Value {
         nasty::to_value(&self.user_raw(idx))
     }
@@ -263,6 +263,11 @@ impl Tenant {
     pub fn user_raw(&self, idx: u32) -> RawUser {
         let plain = build_user(self.seed, idx as u64, &self.connections);
         nasty::nastify(plain, &mut Rng::stream(self.seed, idx as u64, SALT_NASTY), idx as u64)
+    }
+
+    /// Whether the user holds the role (by role index).
+    pub fn has_role(&self, idx: u32, role: u32) -> bool {
+        user_role_indexes(self.seed, idx as u64, self.roles.len() as u32).contains(&role)
     }
 
     /// Roles of a user, sorted by name (the order the API and the truth use).
@@ -655,7 +660,11 @@ mod tests {
         let a = Tenant::generate(7, 3000, 20, 0.3, "t");
         let b = Tenant::generate(7, 3000, 20, 0.3, "t");
         assert_eq!(a.user(123), b.user(123));
-        assert_eq!(a.by_id.len(), 3000);
+        assert_eq!(a.sorted.len(), 3000);
+        for i in [0u32, 5, 1234, 2999] {
+            assert_eq!(a.index_of(&a.ids[i as usize]), Some(i));
+        }
+        assert_eq!(a.index_of("auth0|nope"), None);
         assert_eq!(a.user(5)["user_id"].as_str(), Some(&*a.ids[5]));
     }
 }

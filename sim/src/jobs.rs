@@ -2,7 +2,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -151,6 +152,9 @@ pub struct Job {
     fields_echo: Value,
     fields: Vec<FieldSpec>,
     duration: Duration,
+    /// The export file, written to disk while the job processes (Auth0 writes it to S3 before the job
+    /// completes); a download then only streams bytes. Set once: the path, or why it could not be written.
+    file: Arc<OnceLock<Result<PathBuf, String>>>,
 }
 
 impl Job {
@@ -301,6 +305,7 @@ fn validate(st: &AppState, body: &Value) -> Result<Job, String> {
         fields_echo,
         fields: fields.unwrap_or_else(default_fields),
         duration: cfg.job_base + cfg.job_per_user.saturating_mul(cfg.users.min(u32::MAX as u64) as u32),
+        file: Arc::new(OnceLock::new()),
     })
 }
 
@@ -324,6 +329,9 @@ pub async fn create(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
         }
     }
     let out = job.describe(&st);
+    if job.fate == Fate::Complete {
+        write_file(st.clone(), job.clone());
+    }
     lock(&st.jobs).insert(job.id.clone(), job);
     lock(&st.counters).stats.jobs_created += 1;
     (StatusCode::OK, Json(Value::Object(out))).into_response()
@@ -340,7 +348,9 @@ pub async fn get_job(State(st): State<Arc<AppState>>, Path(id): Path<String>, he
     let elapsed = job.created.elapsed();
     let total = job.duration.as_secs_f64();
     let left = (total - elapsed.as_secs_f64()).max(0.0).ceil() as u64;
-    let over = elapsed.as_secs_f64() >= total;
+    // A job completes once its time is over and its file is written, whichever is later.
+    let ready = job.fate != Fate::Complete || job.file.get().is_some();
+    let over = elapsed.as_secs_f64() >= total && ready;
     if elapsed > JOB_EXPIRY || (over && job.fate == Fate::Expire) {
         out.insert("status".into(), json!("expired"));
     } else if over && job.fate == Fate::Fail {
@@ -441,6 +451,12 @@ pub async fn download(
     let Some(job) = job.filter(|j| j.file_name(&st.tenant.tenant) == file && j.fate == Fate::Complete) else {
         return errors::xml(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.");
     };
+    if let Some(Ok(path)) = job.file.get() {
+        if let Ok(file) = std::fs::File::open(path) {
+            return stream_file(file, cut);
+        }
+    }
+    // The file could not be written: generate the export while streaming it.
     let export = Export::new(st.clone(), &job, cut);
     let stream = futures_util::stream::unfold(export, |mut e| async move {
         if e.fail_next {
@@ -449,6 +465,76 @@ pub async fn download(
         }
         let item = e.step()?;
         Some((item, e))
+    });
+    ([(header::CONTENT_TYPE, "application/gzip")], Body::from_stream(stream)).into_response()
+}
+
+/// Directory of the export files of every Sim in this process (removed when the Sim is dropped).
+pub fn files_dir(sign_key: u64) -> PathBuf {
+    std::env::temp_dir().join(format!("auth0-sim-{}-{sign_key:016x}", std::process::id()))
+}
+
+/// Writes the job's export file on a thread of its own (gzip stream to disk, memory flat), then marks it ready.
+fn write_file(st: Arc<AppState>, job: Job) {
+    std::thread::spawn(move || {
+        let path = st.files.join(format!("{}.gz", job.id));
+        let write = || -> std::io::Result<()> {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+            let mut export = Export::new(st.clone(), &job, false);
+            while let Some(chunk) = export.step() {
+                out.write_all(&chunk?)?;
+            }
+            out.flush()
+        };
+        let result = write().map(|()| path.clone()).map_err(|e| {
+            tracing::warn!("auth0-sim: export file {} not written: {e}", path.display());
+            let _ = std::fs::remove_file(&path);
+            e.to_string()
+        });
+        let _ = job.file.set(result);
+    });
+}
+
+/// Bytes read from an export file per stream chunk.
+const FILE_CHUNK: usize = 256 * 1024;
+
+/// Streams a written export file; `cut` sends the first half, then aborts the stream.
+fn stream_file(file: std::fs::File, cut: bool) -> Response {
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let limit = if cut { len / 2 } else { len };
+    let stream = futures_util::stream::unfold((Some(file), 0u64), move |(file, sent)| async move {
+        let file = file?;
+        if sent >= limit {
+            if !cut {
+                return None;
+            }
+            // Let hyper flush the head and the partial body before the abort.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let e =
+                std::io::Error::new(std::io::ErrorKind::ConnectionReset, "auth0-sim: download cut (fault injection)");
+            return Some((Err(e), (None, sent)));
+        }
+        let want = FILE_CHUNK.min((limit - sent) as usize);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let mut buf = vec![0u8; want];
+            let n = std::io::Read::read(&mut file, &mut buf);
+            n.map(|n| {
+                buf.truncate(n);
+                (file, buf)
+            })
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        match read {
+            Ok((_, buf)) if buf.is_empty() => None,
+            Ok((file, buf)) => {
+                let n = buf.len() as u64;
+                Some((Ok(Bytes::from(buf)), (Some(file), sent + n)))
+            }
+            Err(e) => Some((Err(e), (None, sent))),
+        }
     });
     ([(header::CONTENT_TYPE, "application/gzip")], Body::from_stream(stream)).into_response()
 }

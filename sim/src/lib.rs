@@ -42,6 +42,8 @@ pub(crate) struct AppState {
     rng: Mutex<data::Rng>,
     /// Key of the download URL signatures.
     sign_key: u64,
+    /// Where export files are written (see `jobs::write_file`).
+    files: std::path::PathBuf,
 }
 
 /// Poison-tolerant lock: a panicking handler must not wedge the simulator.
@@ -95,10 +97,16 @@ impl Sim {
         .map_err(std::io::Error::other)?;
         let entropy =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        let sign_key = data::mix(config.seed ^ entropy);
+        // Created here, not by the file writers: a writer still running after the Sim is dropped must
+        // not bring the directory back.
+        let files = jobs::files_dir(sign_key);
+        std::fs::create_dir_all(&files)?;
         let state = Arc::new(AppState {
             bucket: Mutex::new(ratelimit::Bucket::new(config.burst, config.rate)),
             faults: Mutex::new(config.faults.clone().arm()),
-            sign_key: data::mix(config.seed ^ entropy),
+            sign_key,
+            files,
             rng: Mutex::new(data::Rng::new(entropy ^ config.seed)),
             cfg: config,
             tenant,
@@ -174,6 +182,7 @@ impl Drop for Sim {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        let _ = std::fs::remove_dir_all(&self.state.files);
     }
 }
 

@@ -5,7 +5,7 @@
 //! top-level key ([`RawUser`]) and these fragments are written as text.
 
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::data::Rng;
 
@@ -203,8 +203,9 @@ pub fn escape_everything(s: &str) -> String {
 }
 
 /// Parses the raw values; numbers outside i64/u64/f64 become lossy floats.
+#[cfg(test)]
 pub fn to_value(raw: &RawUser) -> Value {
-    let mut m = Map::new();
+    let mut m = serde_json::Map::new();
     for (k, text) in raw {
         m.insert(k.clone(), serde_json::from_str(text).unwrap_or(Value::Null));
     }

@@ -45,12 +45,13 @@ pub async fn users(
     let Some(role) = st.tenant.roles.iter().position(|r| r.id == id) else {
         return errors::role_not_found();
     };
-    let deleted = st.deleted_snapshot();
-    let members: Vec<(i64, u32)> =
-        st.tenant.members[role].iter().copied().filter(|(_, idx)| !deleted.contains(idx)).collect();
+    let deleted = st.deleted.read().unwrap_or_else(|e| e.into_inner());
+    // Paged in place: a role with hundreds of thousands of members costs only its page per request.
+    let all = &st.tenant.members[role];
+    let live = |(_, idx): &&(i64, u32)| !deleted.contains(idx);
     // `take` (or `from`) selects checkpoint paging, whatever else is sent.
     if q.contains_key("take") || q.contains_key("from") {
-        return checkpoint(&st, &members, &q);
+        return checkpoint(&st, all, &live, &q);
     }
     let p = match Paging::parse(&q, 1) {
         Ok(p) => p,
@@ -66,15 +67,28 @@ pub async fn users(
             None,
         );
     }
-    let page: Vec<Value> = p.slice(&members).iter().map(|(_, idx)| role_user(&st, *idx)).collect();
+    let page: Vec<Value> = all
+        .iter()
+        .filter(live)
+        .skip(p.start() as usize)
+        .take(p.per_page as usize)
+        .map(|(_, idx)| role_user(&st, *idx))
+        .collect();
     if p.include_totals {
-        Json(json!({"start": p.start(), "limit": p.per_page, "total": members.len(), "users": page})).into_response()
+        let gone = deleted.iter().filter(|idx| st.tenant.has_role(**idx, role as u32)).count();
+        let total = all.len() - gone;
+        Json(json!({"start": p.start(), "limit": p.per_page, "total": total, "users": page})).into_response()
     } else {
         Json(page).into_response()
     }
 }
 
-fn checkpoint(st: &AppState, members: &[(i64, u32)], q: &paging::Query) -> Response {
+fn checkpoint(
+    st: &AppState,
+    members: &[(i64, u32)],
+    live: &dyn Fn(&&(i64, u32)) -> bool,
+    q: &paging::Query,
+) -> Response {
     let take = match paging::int_param(q, "take", 1, 100, "Number of results per page. Defaults to 50") {
         Ok(t) => t.unwrap_or(50) as usize,
         Err(r) => return r,
@@ -92,25 +106,37 @@ fn checkpoint(st: &AppState, members: &[(i64, u32)], q: &paging::Query) -> Respo
             }
         },
     };
-    let end = (start + take).min(members.len());
-    let users: Vec<Value> = members[start..end].iter().map(|(_, idx)| role_user(st, *idx)).collect();
+    let mut users = Vec::with_capacity(take);
+    let mut last = None;
+    let mut end = start;
+    while end < members.len() && users.len() < take {
+        let m = &members[end];
+        end += 1;
+        if live(&m) {
+            users.push(role_user(st, m.1));
+            last = Some(*m);
+        }
+    }
     let mut body = json!({ "users": users });
-    if end < members.len() && end > start {
-        let (t, idx) = members[end - 1];
+    if let Some((t, idx)) = last.filter(|_| members[end..].iter().any(|m| live(&m))) {
         body["next"] = json!(encode_cursor(t, &st.tenant.ids[idx as usize]));
     }
     Json(body).into_response()
 }
 
+/// The member view: four top-level fields read from the exact user text (no full parse of the user).
 fn role_user(st: &AppState, idx: u32) -> Value {
-    let u = st.tenant.user(idx);
+    let raw = st.tenant.user_raw(idx);
+    let field = |key: &str| -> Option<Value> {
+        raw.iter().find(|(k, _)| k == key).and_then(|(_, v)| serde_json::from_str(v).ok())
+    };
     let mut out = json!({
-        "user_id": u["user_id"],
-        "picture": u["picture"],
-        "name": u["name"],
+        "user_id": field("user_id").unwrap_or(Value::Null),
+        "picture": field("picture").unwrap_or(Value::Null),
+        "name": field("name").unwrap_or(Value::Null),
     });
-    if let Some(email) = u.get("email") {
-        out["email"] = email.clone();
+    if let Some(email) = field("email") {
+        out["email"] = email;
     }
     out
 }

@@ -38,8 +38,8 @@ pub struct Counters {
     pub stats: Stats,
     /// Times of served requests in the last second.
     window: VecDeque<Instant>,
-    /// `"GET /api/v2/users/{id}/roles auth0|x"` keys answered 200.
-    user_ok: HashSet<String>,
+    /// (endpoint, user index) keys of per-user calls answered 200 (see `api::pipeline`).
+    user_ok: HashSet<u64>,
 }
 
 impl Counters {
@@ -48,13 +48,13 @@ impl Counters {
         *self.stats.by_endpoint.entry(key).or_default() += 1;
     }
 
-    pub fn count_user_call(&mut self, key: &str) {
-        if self.user_ok.contains(key) {
+    pub fn count_user_call(&mut self, key: u64) {
+        if self.user_ok.contains(&key) {
             self.stats.repeated_user_calls += 1;
         }
     }
 
-    pub fn record_user_ok(&mut self, key: String) {
+    pub fn record_user_ok(&mut self, key: u64) {
         self.user_ok.insert(key);
     }
 
