@@ -9,6 +9,7 @@ CREATE TABLE profiles (
     user_id          text COLLATE "C" NOT NULL,     -- byte order: pages are stable and match clients' sorting
     doc              jsonb,                         -- rows of releases before 20261130000001
     raw              text,                          -- the exported line exactly as Auth0 wrote it
+    plain            boolean,                       -- raw has no top-level member named like an enrichment
     email            text,
     connection       text,
     roles            jsonb,                         -- null until fetched
@@ -35,6 +36,7 @@ BEGIN
         DROP TABLE profiles_legacy;
     ELSE
         ALTER TABLE profiles_legacy DROP CONSTRAINT IF EXISTS profiles_export_id_fkey;
+        ALTER TABLE profiles_legacy ADD COLUMN plain boolean;
         EXECUTE format('ALTER TABLE profiles ATTACH PARTITION profiles_legacy FOR VALUES IN (%s)', ids);
     END IF;
 END $$;

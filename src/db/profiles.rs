@@ -4,7 +4,7 @@ use serde_json::{value::RawValue, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::document::Entries;
+use crate::document::{splice, Entries};
 
 /// A stored profile; [`ProfileRow::merged`] assembles what clients see.
 #[derive(Debug, sqlx::FromRow)]
@@ -17,6 +17,8 @@ pub struct ProfileRow {
     pub authenticators: Option<String>,
     pub enrollments: Option<String>,
     pub enrichment_error: Option<String>,
+    /// The document has no member named like an enrichment: enrichments are appended to its text.
+    pub plain: Option<bool>,
 }
 
 impl ProfileRow {
@@ -34,6 +36,10 @@ impl ProfileRow {
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect();
+        if self.plain == Some(true) {
+            let text = splice(&self.document, &extra);
+            return RawValue::from_string(text).expect("splicing members into an object gives JSON");
+        }
         let text = match Entries::parse(&self.document) {
             Ok(entries) => entries.merge(&extra),
             // Only objects are stored since the download checks; an older non-object row is wrapped.
@@ -49,7 +55,7 @@ impl ProfileRow {
 
 const COLUMNS: &str = "user_id, COALESCE(raw, doc::text) AS document, roles::text AS roles,
     authentication_methods::text AS authentication_methods, authenticators::text AS authenticators,
-    enrollments::text AS enrollments, enrichment_error";
+    enrollments::text AS enrollments, enrichment_error, plain";
 
 /// One exported line and the keys indexed beside it.
 #[derive(Debug)]
@@ -59,6 +65,8 @@ pub struct ExportedLine {
     pub connection: Option<String>,
     /// The line exactly as Auth0 wrote it.
     pub raw: String,
+    /// No top-level member is named like an enrichment.
+    pub plain: bool,
 }
 
 /// Stores downloaded lines; a line already stored (a retried download) is skipped.
@@ -67,8 +75,8 @@ pub struct ExportedLine {
 pub async fn insert_batch(conn: &mut PgConnection, export_id: Uuid, lines: &[ExportedLine]) -> sqlx::Result<u64> {
     let column = |f: fn(&ExportedLine) -> Option<&str>| lines.iter().map(f).collect::<Vec<_>>();
     let done = sqlx::query(
-        "INSERT INTO profiles (export_id, user_id, raw, email, connection)
-         SELECT $1, u, r, e, c FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS t(u, r, e, c)
+        "INSERT INTO profiles (export_id, user_id, raw, email, connection, plain)
+         SELECT $1, u, r, e, c, p FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bool[]) AS t(u, r, e, c, p)
          ON CONFLICT (export_id, user_id) DO NOTHING",
     )
     .bind(export_id)
@@ -76,6 +84,7 @@ pub async fn insert_batch(conn: &mut PgConnection, export_id: Uuid, lines: &[Exp
     .bind(column(|l| Some(l.raw.as_str())))
     .bind(column(|l| l.email.as_deref()))
     .bind(column(|l| l.connection.as_deref()))
+    .bind(lines.iter().map(|l| l.plain).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
@@ -86,7 +95,7 @@ pub async fn insert_batch(conn: &mut PgConnection, export_id: Uuid, lines: &[Exp
 pub struct CopyBatch(Vec<u8>);
 
 impl CopyBatch {
-    /// Appends `(export_id, user_id, raw, email, connection)` for `line`.
+    /// Appends `(export_id, user_id, raw, email, connection, plain)` for `line`.
     pub fn push(&mut self, export_id: Uuid, line: &ExportedLine) {
         let out = &mut self.0;
         out.extend_from_slice(export_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()).as_bytes());
@@ -97,7 +106,7 @@ impl CopyBatch {
                 Some(text) => copy_escape(out, text),
             }
         }
-        out.push(b'\n');
+        out.extend_from_slice(if line.plain { b"\tt\n" } else { b"\tf\n" });
     }
 }
 
@@ -124,7 +133,8 @@ pub async fn ensure_partition(pool: &PgPool, export_id: Uuid) -> sqlx::Result<St
 #[tracing::instrument(skip_all)]
 pub async fn copy_batch(conn: &mut PgConnection, export_id: Uuid, batch: &CopyBatch) -> sqlx::Result<u64> {
     let _ = export_id; // the rows carry it; routing picks the export's partition
-    let mut copy = conn.copy_in_raw("COPY profiles (export_id, user_id, raw, email, connection) FROM STDIN").await?;
+    let mut copy =
+        conn.copy_in_raw("COPY profiles (export_id, user_id, raw, email, connection, plain) FROM STDIN").await?;
     copy.send(batch.0.as_slice()).await?;
     copy.finish().await
 }

@@ -204,7 +204,7 @@ async fn read_batches(
 fn parse_line(text: &str) -> Result<ExportedLine, String> {
     let entries = Entries::parse(text).map_err(|e| e.to_string())?;
     let LineKeys { user_id, email, connection } = LineKeys::read(&entries)?;
-    Ok(ExportedLine { user_id, email, connection, raw: text.to_owned() })
+    Ok(ExportedLine { user_id, email, connection, plain: entries.is_plain(), raw: text.to_owned() })
 }
 
 /// Stores a batch while the export still downloads `job_id` (a stale worker streaming a replaced
