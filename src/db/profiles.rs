@@ -238,7 +238,9 @@ pub async fn page(
     limit: i64,
 ) -> sqlx::Result<Vec<ProfileRow>> {
     let sql = filter.page_sql(after.is_some());
-    let mut query = sqlx::query_as(&sql).bind(export_id).bind(limit + 1);
+    // A role's share of an export ranges from one user to all of them: plan each role page with
+    // its value (an unnamed statement), not with a generic plan that assumes a typical role.
+    let mut query = sqlx::query_as(&sql).persistent(filter.role.is_none()).bind(export_id).bind(limit + 1);
     if let Some(after) = after {
         query = query.bind(after);
     }
