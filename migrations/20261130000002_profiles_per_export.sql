@@ -1,5 +1,6 @@
 -- Profiles partitioned per export: an export's rows live in their own table, loaded by COPY with
--- only the primary key, indexed once when the export completes, and dropped in one statement.
+-- only the primary key, compacted and indexed once when the export completes, and dropped in one
+-- statement.
 
 ALTER TABLE profiles RENAME TO profiles_legacy;
 ALTER TABLE profiles_legacy RENAME CONSTRAINT profiles_pkey TO profiles_legacy_pkey;
@@ -49,9 +50,7 @@ DECLARE
     part text := 'profiles_' || replace(export::text, '-', '');
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = 'profiles'::regclass AND inhrelid = to_regclass(part)) THEN
-        -- Room on each page for the enrichment columns written later: those updates stay HOT.
-        EXECUTE format('CREATE TABLE IF NOT EXISTS %I (LIKE profiles INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
-                        WITH (fillfactor = 70)', part);
+        EXECUTE format('CREATE TABLE IF NOT EXISTS %I (LIKE profiles INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
         -- The bound as a constraint first: attaching then needs no scan.
         EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (export_id = %L)', part, part || '_bound', export);
         EXECUTE format('ALTER TABLE profiles ATTACH PARTITION %I FOR VALUES IN (%L)', part, export);

@@ -186,6 +186,23 @@ pub async fn orphan_partitions(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
     .await
 }
 
+/// Rewrites a completed export's partition without the row versions its enrichment updates left
+/// behind (only the export's own rows are locked, for a few seconds per million). Skipped once
+/// its read indexes exist: they are built right after.
+#[tracing::instrument(skip(pool))]
+pub async fn compact_partition(pool: &PgPool, export_id: Uuid) -> sqlx::Result<()> {
+    let part = partition_name(export_id);
+    let pending: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NULL")
+        .bind(&part)
+        .bind(format!("{part}_roles"))
+        .fetch_one(pool)
+        .await?;
+    if pending {
+        sqlx::query(&format!("VACUUM (FULL) {part}")).execute(pool).await?;
+    }
+    Ok(())
+}
+
 /// Builds the read indexes of a completed export's partition and its statistics.
 #[tracing::instrument(skip_all)]
 pub async fn index_partition(pool: &PgPool, export_id: Uuid) -> sqlx::Result<()> {
@@ -257,6 +274,13 @@ pub async fn page(
         query = query.bind(email);
     }
     query.fetch_all(pool).await
+}
+
+/// Every profile of the export in `user_id` order, streamed by one query.
+pub fn all(pool: &PgPool, export_id: Uuid) -> futures_util::stream::BoxStream<'_, sqlx::Result<ProfileRow>> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| format!("SELECT {COLUMNS} FROM profiles WHERE export_id = $1 ORDER BY user_id"));
+    sqlx::query_as(sql).bind(export_id).fetch(pool)
 }
 
 #[tracing::instrument(skip_all)]

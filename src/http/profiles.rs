@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use futures_util::{stream, StreamExt};
+use futures_util::{stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -105,8 +105,10 @@ enum Format {
     Csv,
 }
 
-/// Rows read per database round trip while streaming a download.
-const DOWNLOAD_PAGE: i64 = 1000;
+/// Bytes per chunk of a download's body.
+const CHUNK: usize = 256 * 1024;
+/// Chunks encoded ahead of the client.
+const CHUNKS_AHEAD: usize = 4;
 
 /// The whole result, streamed from the database page by page (gzip when the client accepts it).
 #[utoipa::path(get, path = "/v1/exports/{id}/download", tag = "profiles",
@@ -135,60 +137,61 @@ pub async fn download(
         )));
     }
     let columns = csv_columns(&export.request.fields, export.request.enrich);
+    // One query streams every row in key order while a task turns them into chunks; the
+    // bounded channel keeps memory flat and lets the database, the encoder and the client overlap.
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(CHUNKS_AHEAD);
     let (pool, export_id) = (state.pool.clone(), export.id);
-
-    // State: (position after the last row sent, rows sent so far, finished).
-    let pages = stream::unfold((None::<String>, 0u64, false), move |(after, sent, finished)| {
-        let (pool, columns) = (pool.clone(), columns.clone());
-        async move {
-            if finished {
-                return None;
-            }
-            let rows =
-                match store::page(&pool, export_id, &ProfileFilter::default(), after.as_deref(), DOWNLOAD_PAGE).await {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        tracing::error!(error = %e, "download aborted");
-                        return Some((Err(std::io::Error::other("database error")), (after, sent, true)));
-                    }
-                };
-            let more = rows.len() as i64 > DOWNLOAD_PAGE;
-            let rows: Vec<_> = rows.into_iter().take(DOWNLOAD_PAGE as usize).collect();
-            let last = rows.last().map(|r| r.user_id.clone()).or(after);
-            let mut out = Vec::with_capacity(rows.len() * 512);
-            if sent == 0 {
-                match format {
-                    Format::Json => out.push(b'['),
-                    Format::Csv => out.extend(csv_line(&columns.iter().map(|c| c.to_string()).collect::<Vec<_>>())),
-                    Format::Ndjson => {}
-                }
-            }
-            let count = rows.len() as u64;
-            for (i, row) in rows.into_iter().enumerate() {
-                let merged = row.merged();
-                match format {
-                    Format::Ndjson => {
-                        out.extend_from_slice(merged.get().as_bytes());
-                        out.push(b'\n');
-                    }
-                    Format::Json => {
-                        if sent + i as u64 > 0 {
-                            out.push(b',');
-                        }
-                        out.extend_from_slice(merged.get().as_bytes());
-                    }
-                    Format::Csv => {
-                        let entries = Entries::parse(merged.get()).expect("a merged profile is an object");
-                        out.extend(csv_line(&columns.iter().map(|c| csv_text(entries.get(c))).collect::<Vec<_>>()))
-                    }
-                }
-            }
-            if !more && format == Format::Json {
-                out.push(b']');
-            }
-            Some((Ok(Bytes::from(out)), (last, sent + count, !more)))
+    tokio::spawn(async move {
+        let mut rows = store::all(&pool, export_id);
+        let mut out = Vec::with_capacity(CHUNK + 64 * 1024);
+        match format {
+            Format::Json => out.push(b'['),
+            Format::Csv => out.extend(csv_line(&columns.iter().map(|c| c.to_string()).collect::<Vec<_>>())),
+            Format::Ndjson => {}
         }
+        let mut first = true;
+        loop {
+            let row = match rows.try_next().await {
+                Ok(Some(row)) => row,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "download aborted");
+                    let _ = tx.send(Err(std::io::Error::other("database error"))).await;
+                    return;
+                }
+            };
+            let merged = row.merged();
+            match format {
+                Format::Ndjson => {
+                    out.extend_from_slice(merged.get().as_bytes());
+                    out.push(b'\n');
+                }
+                Format::Json => {
+                    if !first {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(merged.get().as_bytes());
+                }
+                Format::Csv => {
+                    let entries = Entries::parse(merged.get()).expect("a merged profile is an object");
+                    out.extend(csv_line(&columns.iter().map(|c| csv_text(entries.get(c))).collect::<Vec<_>>()))
+                }
+            }
+            first = false;
+            if out.len() >= CHUNK {
+                let chunk = Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(CHUNK + 64 * 1024)));
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        }
+        if format == Format::Json {
+            out.push(b']');
+        }
+        let _ = tx.send(Ok(Bytes::from(out))).await;
     });
+    // Fused: compression may poll again after the end.
+    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) }).fuse();
     let (content_type, extension) = match format {
         Format::Ndjson => ("application/x-ndjson", "ndjson"),
         Format::Json => ("application/json", "json"),
@@ -197,7 +200,7 @@ pub async fn download(
     let disposition = format!("attachment; filename=\"export-{export_id}.{extension}\"");
     Ok((
         [(header::CONTENT_TYPE, content_type.to_owned()), (header::CONTENT_DISPOSITION, disposition)],
-        Body::from_stream(pages.fuse().boxed()),
+        Body::from_stream(body),
     )
         .into_response())
 }

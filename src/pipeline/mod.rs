@@ -572,6 +572,7 @@ pub fn lease_lost() -> StageError {
 async fn finalize(ctx: &StageContext) -> Result<Step, StageError> {
     // Outside the fenced transaction: building indexes over a million rows takes a while, and
     // is idempotent, so a stale worker doing it too harms nothing.
+    db::retry("compacting the export", || db::profiles::compact_partition(&ctx.pool, ctx.export.id)).await?;
     db::retry("indexing the export", || db::profiles::index_partition(&ctx.pool, ctx.export.id)).await?;
     let held = db::retry("finalising", || async {
         let Some(mut tx) = ctx.begin_fenced().await? else { return Ok(false) };
