@@ -55,7 +55,9 @@ import uuid
 # The keyset page query pgbench runs: keep it close to the service's page query (src/db/profiles.rs,
 # `page`) and adjust it here when that changes. {export_id} and {after} are filled in per run.
 PAGE_SQL = (
-    "SELECT user_id, raw, roles::text, authentication_methods::text, enrichment_error FROM profiles "
+    "SELECT user_id, COALESCE(raw, doc::text) AS document, roles::text AS roles, "
+    "authentication_methods::text AS authentication_methods, authenticators::text AS authenticators, "
+    "enrollments::text AS enrollments, enrichment_error, plain FROM profiles "
     "WHERE export_id = '{export_id}' AND user_id > '{after}' ORDER BY user_id LIMIT 101"
 )
 # What a whole-file download reads, as Postgres streams it itself (COPY ... TO STDOUT).
