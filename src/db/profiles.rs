@@ -186,6 +186,18 @@ pub async fn orphan_partitions(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
     .await
 }
 
+/// Gives the planner the statistics of a freshly loaded partition: without them it guesses a
+/// handful of rows and picks plans that scan the whole export for every enrichment batch.
+#[tracing::instrument(skip(pool))]
+pub async fn analyze_partition(pool: &PgPool, export_id: Uuid) -> sqlx::Result<()> {
+    let part = partition_name(export_id);
+    let own: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&part).fetch_one(pool).await?;
+    if own.is_some() {
+        sqlx::query(&format!("ANALYZE {part}")).execute(pool).await?;
+    }
+    Ok(())
+}
+
 /// Rewrites a completed export's partition without the row versions its enrichment updates left
 /// behind (only the export's own rows are locked, for a few seconds per million). Skipped once
 /// its read indexes exist: they are built right after.

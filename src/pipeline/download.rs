@@ -71,6 +71,8 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
                     skip_by_count = false;
                     continue;
                 }
+                db::retry("analysing the stored file", || db::profiles::analyze_partition(&ctx.pool, ctx.export.id))
+                    .await?;
                 tracing::info!(users = total, "export file stored");
                 return Ok(Step::Advance(Some(JobKind::Enrich)));
             }
