@@ -69,32 +69,21 @@ pub struct ExportedLine {
     pub plain: bool,
 }
 
-/// Stores downloaded lines; a line already stored (a retried download) is skipped.
-/// Returns how many rows were new.
-#[tracing::instrument(skip_all, fields(lines = lines.len()))]
-pub async fn insert_batch(conn: &mut PgConnection, export_id: Uuid, lines: &[ExportedLine]) -> sqlx::Result<u64> {
-    let column = |f: fn(&ExportedLine) -> Option<&str>| lines.iter().map(f).collect::<Vec<_>>();
-    let done = sqlx::query(
-        "INSERT INTO profiles (export_id, user_id, raw, email, connection, plain)
-         SELECT $1, u, r, e, c, p FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bool[]) AS t(u, r, e, c, p)
-         ON CONFLICT (export_id, user_id) DO NOTHING",
-    )
-    .bind(export_id)
-    .bind(column(|l| Some(l.user_id.as_str())))
-    .bind(column(|l| Some(l.raw.as_str())))
-    .bind(column(|l| l.email.as_deref()))
-    .bind(column(|l| l.connection.as_deref()))
-    .bind(lines.iter().map(|l| l.plain).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
-}
-
 /// Rows in Postgres's `COPY` text format: one line per row, tab-separated, `\N` for null.
 #[derive(Debug, Default)]
 pub struct CopyBatch(Vec<u8>);
 
 impl CopyBatch {
+    /// Bytes of text so far.
+    pub fn bytes(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The text so far, leaving the batch empty.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.0)
+    }
+
     /// Appends `(export_id, user_id, raw, email, connection, plain)` for `line`.
     pub fn push(&mut self, export_id: Uuid, line: &ExportedLine) {
         let out = &mut self.0;
@@ -129,14 +118,38 @@ pub async fn ensure_partition(pool: &PgPool, export_id: Uuid) -> sqlx::Result<St
     sqlx::query_scalar("SELECT exporter_profiles_partition($1)::text").bind(export_id).fetch_one(pool).await
 }
 
-/// Loads a batch with `COPY` (the bulk path Postgres is fastest at); returns the rows stored.
-#[tracing::instrument(skip_all)]
-pub async fn copy_batch(conn: &mut PgConnection, export_id: Uuid, batch: &CopyBatch) -> sqlx::Result<u64> {
-    let _ = export_id; // the rows carry it; routing picks the export's partition
-    let mut copy =
-        conn.copy_in_raw("COPY profiles (export_id, user_id, raw, email, connection, plain) FROM STDIN").await?;
-    copy.send(batch.0.as_slice()).await?;
-    copy.finish().await
+/// The `COPY` that loads [`CopyBatch`] text: straight into the profiles (the bulk path Postgres
+/// is fastest at), or into a per-transaction scratch table when rows may already be stored.
+pub fn copy_statement(conflict_safe: bool) -> &'static str {
+    if conflict_safe {
+        "COPY incoming_profiles (export_id, user_id, raw, email, connection, plain) FROM STDIN"
+    } else {
+        "COPY profiles (export_id, user_id, raw, email, connection, plain) FROM STDIN"
+    }
+}
+
+/// The scratch table of a conflict-safe load, emptied when its transaction commits.
+pub async fn prepare_incoming(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query(
+        "CREATE TEMP TABLE IF NOT EXISTS incoming_profiles
+            (export_id uuid, user_id text COLLATE \"C\", raw text, email text, connection text, plain boolean)
+            ON COMMIT DELETE ROWS",
+    )
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Moves the scratch rows into the profiles, skipping those already stored; returns how many were new.
+pub async fn merge_incoming(conn: &mut PgConnection) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "INSERT INTO profiles (export_id, user_id, raw, email, connection, plain)
+         SELECT export_id, user_id, raw, email, connection, plain FROM incoming_profiles
+         ON CONFLICT (export_id, user_id) DO NOTHING",
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// The name of an export's own partition (hex digits of its id only: safe to splice into DDL,

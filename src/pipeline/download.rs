@@ -29,8 +29,10 @@ use crate::{
 
 /// Fresh links tried within one attempt of the stage before it is retried as a whole.
 const LINK_ATTEMPTS: u32 = 5;
-/// Parsed batches waiting for the writer: enough to keep it busy, few enough for flat memory.
-const BATCHES_AHEAD: usize = 2;
+/// Bytes of `COPY` text per piece handed to the writer.
+const PIECE: usize = 256 * 1024;
+/// Pieces waiting for the writer: enough to keep it busy, few enough for flat memory.
+const PIECES_AHEAD: usize = 8;
 
 #[tracing::instrument(skip_all)]
 pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
@@ -81,6 +83,17 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
                 ctx.stats.record_retry();
                 last_error = e;
             }
+            Err(Failure::Duplicate) => {
+                tracing::warn!("a row of the file is already stored; reloading it whole without duplicates");
+                skip_by_count = false;
+            }
+            Err(Failure::Database(e)) => {
+                // Streamed rows cannot be replayed: wait for Postgres, then resume from the last
+                // committed batch with a fresh link.
+                tracing::warn!(error = %e, "database error while storing the file; resuming once it answers");
+                db::retry("waiting for the database", || async { ctx.pool.acquire().await.map(drop) }).await?;
+                last_error = e.to_string();
+            }
             Err(Failure::Stage(e)) => return Err(e),
         }
     }
@@ -90,17 +103,27 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
 enum Failure {
     /// The link expired or the body was cut: a fresh link may work.
     Retry(String),
+    /// A row was already stored: the file differs from the one partly loaded.
+    Duplicate,
+    /// Storing failed; the rows streamed into the open batch are gone with it.
+    Database(sqlx::Error),
     Stage(StageError),
 }
 
 impl From<sqlx::Error> for Failure {
     fn from(e: sqlx::Error) -> Self {
-        Failure::Stage(e.into())
+        match &e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => Failure::Duplicate,
+            _ if db::is_unavailable(&e) => Failure::Database(e),
+            _ => Failure::Stage(e.into()),
+        }
     }
 }
 
 /// Streams one download into the partition; returns the number of lines in the whole file.
-/// `stored` follows the lines committed so far.
+/// `stored` follows the lines committed so far. Each batch is one transaction holding one
+/// `COPY` that receives the file's rows as they are parsed; `conflict_safe` loads through a
+/// temporary table and `ON CONFLICT DO NOTHING` instead (a reload over rows already stored).
 async fn download_into_db(
     ctx: &StageContext,
     job_id: &str,
@@ -112,36 +135,89 @@ async fn download_into_db(
         DownloadError::Retry(m) => Failure::Retry(m),
         DownloadError::Fatal(m) => Failure::Stage(StageError::Fail(m)),
     })?;
-    let (tx, mut rx) = mpsc::channel(BATCHES_AHEAD);
-    let reader = tokio::spawn(read_batches(resp, ctx.export.id, ctx.settings.download_batch.max(1), skip, tx));
-    let mut conflict_safe = skip == 0 && *stored > 0;
-    while let Some(batch) = rx.recv().await {
-        store(ctx, job_id, &batch, &mut conflict_safe).await?;
-        *stored = batch.lines_before + batch.rows.len() as u64;
+    let conflict_safe = skip == 0 && *stored > 0;
+    let (tx, mut rx) = mpsc::channel(PIECES_AHEAD);
+    let reader = tokio::spawn(read_pieces(resp, ctx.export.id, ctx.settings.download_batch.max(1) as u64, skip, tx));
+    while let Some(first) = rx.recv().await {
+        let Some(mut db_tx) = begin_batch(ctx, job_id, conflict_safe).await? else {
+            // Another attempt replaced the job: this one is stale and its outcome will be fenced out.
+            return Err(Failure::Stage(StageError::Retry(anyhow::anyhow!(
+                "the Auth0 job {job_id} was replaced while downloading it"
+            ))));
+        };
+        let mut copy = db_tx.copy_in_raw(db::profiles::copy_statement(conflict_safe)).await?;
+        let mut piece = first;
+        let lines_total = loop {
+            match piece {
+                Piece::Rows(bytes) => {
+                    if let Err(e) = copy.send(bytes).await {
+                        let _ = copy.abort("storing failed").await;
+                        return Err(e.into());
+                    }
+                }
+                Piece::EndOfBatch { lines_total } => break lines_total,
+            }
+            piece = match rx.recv().await {
+                Some(next) => next,
+                None => {
+                    // The reader stopped mid-batch: its error says why; nothing of the batch stays.
+                    let _ = copy.abort("the export stream ended early").await;
+                    return reader_outcome(reader)
+                        .await
+                        .and(Err(Failure::Retry("the export stream ended early".into())));
+                }
+            };
+        };
+        let copied = copy.finish().await?;
+        let new = if conflict_safe { db::profiles::merge_incoming(&mut db_tx).await? } else { copied };
+        ctx.commit_batch(db_tx, Counter::Downloaded, new).await?;
+        *stored = lines_total;
         crate::crash_point::crash_point("downloading.after_batch");
     }
+    reader_outcome(reader).await
+}
+
+async fn reader_outcome(reader: tokio::task::JoinHandle<Result<u64, Failure>>) -> Result<u64, Failure> {
     match reader.await {
         Ok(outcome) => outcome,
         Err(e) => Err(Failure::Stage(StageError::Retry(anyhow::anyhow!("the export reader stopped: {e}")))),
     }
 }
 
-/// One batch of parsed lines, with the COPY text of all of them.
-struct Batch {
-    /// Non-empty lines of the file before this batch.
-    lines_before: u64,
-    rows: Vec<ExportedLine>,
-    copy: CopyBatch,
+/// Opens a batch's transaction while the export still downloads `job_id` (a stale worker
+/// streaming a replaced Auth0 job must not add rows after the replacement deleted them).
+async fn begin_batch(
+    ctx: &StageContext,
+    job_id: &str,
+    conflict_safe: bool,
+) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, Failure> {
+    let mut tx = ctx.pool.begin().await?;
+    if !db::exports::lock_for_auth0_job(&mut tx, ctx.export.id, job_id).await? {
+        return Ok(None);
+    }
+    if conflict_safe {
+        db::profiles::prepare_incoming(&mut tx).await?;
+    }
+    Ok(Some(tx))
 }
 
-/// Reads, gunzips and parses the file, sending batches of `size` lines after skipping `skip`;
-/// returns the number of non-empty lines in the file.
-async fn read_batches(
+/// What the reader hands the writer.
+enum Piece {
+    /// `COPY` text of some rows.
+    Rows(Vec<u8>),
+    /// The batch ends here: the file's first `lines_total` lines are in the store once it commits.
+    EndOfBatch { lines_total: u64 },
+}
+
+/// Reads, gunzips and parses the file after skipping `skip` lines, sending `COPY` text in pieces
+/// of about [`PIECE`] bytes and closing a batch every `batch` lines; returns the number of
+/// non-empty lines in the file.
+async fn read_pieces(
     resp: reqwest::Response,
     export_id: uuid::Uuid,
-    size: usize,
+    batch: u64,
     skip: u64,
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<Piece>,
 ) -> Result<u64, Failure> {
     let body = StreamReader::new(resp.bytes_stream().map_err(std::io::Error::other));
     let mut body = BufReader::with_capacity(256 * 1024, body);
@@ -158,10 +234,11 @@ async fn read_batches(
     } else {
         Box::new(body)
     };
+    let send = |piece| async { tx.send(piece).await.map_err(|_| Failure::Retry("the writer stopped".into())) };
 
-    let mut batch = Batch { lines_before: skip, rows: Vec::with_capacity(size), copy: CopyBatch::default() };
+    let mut copy = CopyBatch::default();
     let mut line = Vec::new();
-    let (mut line_no, mut counted) = (0u64, 0u64);
+    let (mut line_no, mut counted, mut in_batch) = (0u64, 0u64, 0u64);
     loop {
         line.clear();
         let n = lines
@@ -187,17 +264,19 @@ async fn read_batches(
         let row = parse_line(text).map_err(|e| {
             Failure::Stage(StageError::Fail(format!("export line {line_no} is not a user object with a user_id: {e}")))
         })?;
-        batch.copy.push(export_id, &row);
-        batch.rows.push(row);
-        if batch.rows.len() >= size {
-            let next = Batch { lines_before: counted, rows: Vec::with_capacity(size), copy: CopyBatch::default() };
-            if tx.send(std::mem::replace(&mut batch, next)).await.is_err() {
-                return Err(Failure::Retry("the writer stopped".into()));
-            }
+        copy.push(export_id, &row);
+        in_batch += 1;
+        if copy.bytes() >= PIECE || in_batch >= batch {
+            send(Piece::Rows(copy.take())).await?;
+        }
+        if in_batch >= batch {
+            send(Piece::EndOfBatch { lines_total: counted }).await?;
+            in_batch = 0;
         }
     }
-    if !batch.rows.is_empty() && tx.send(batch).await.is_err() {
-        return Err(Failure::Retry("the writer stopped".into()));
+    if in_batch > 0 {
+        send(Piece::Rows(copy.take())).await?;
+        send(Piece::EndOfBatch { lines_total: counted }).await?;
     }
     Ok(counted)
 }
@@ -207,42 +286,4 @@ fn parse_line(text: &str) -> Result<ExportedLine, String> {
     let entries = Entries::parse(text).map_err(|e| e.to_string())?;
     let LineKeys { user_id, email, connection } = LineKeys::read(&entries)?;
     Ok(ExportedLine { user_id, email, connection, plain: entries.is_plain(), raw: text.to_owned() })
-}
-
-/// Stores a batch while the export still downloads `job_id` (a stale worker streaming a replaced
-/// Auth0 job must not add rows after the replacement deleted them), with its progress and the
-/// calls it cost, in one transaction. `COPY` first; a row already stored (a file that changed
-/// under a resumed download) switches this download to `INSERT … ON CONFLICT DO NOTHING`.
-async fn store(ctx: &StageContext, job_id: &str, batch: &Batch, conflict_safe: &mut bool) -> Result<(), Failure> {
-    let stored = loop {
-        let safe = *conflict_safe;
-        let attempt = db::retry("storing a downloaded batch", move || async move {
-            let mut tx = ctx.pool.begin().await?;
-            if !db::exports::lock_for_auth0_job(&mut tx, ctx.export.id, job_id).await? {
-                return Ok(false);
-            }
-            let new = if safe {
-                db::profiles::insert_batch(&mut tx, ctx.export.id, &batch.rows).await?
-            } else {
-                db::profiles::copy_batch(&mut tx, ctx.export.id, &batch.copy).await?
-            };
-            ctx.commit_batch(tx, Counter::Downloaded, new).await?;
-            Ok(true)
-        })
-        .await;
-        match attempt {
-            Err(sqlx::Error::Database(e)) if !safe && e.code().as_deref() == Some("23505") => {
-                tracing::warn!("a row of this batch is already stored; continuing without COPY");
-                *conflict_safe = true;
-            }
-            other => break other.map_err(|e| Failure::Stage(e.into()))?,
-        }
-    };
-    if !stored {
-        // Another attempt replaced the job: this one is stale and its outcome will be fenced out.
-        return Err(Failure::Stage(StageError::Retry(anyhow::anyhow!(
-            "the Auth0 job {job_id} was replaced while downloading it"
-        ))));
-    }
-    Ok(())
 }

@@ -142,7 +142,7 @@ impl TestApp {
 
     /// Polls until the export reaches a final status; returns the export resource.
     pub async fn wait_for(&self, id: &str, status: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
         loop {
             let export = self.get_json(&format!("/v1/exports/{id}")).await;
             if export["status"] == status {
