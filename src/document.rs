@@ -145,7 +145,12 @@ impl LineKeys {
 
 /// A CSV cell from a top-level value: strings decoded, everything else in its exported spelling.
 pub fn csv_text(value: Option<&RawValue>) -> String {
-    match value.map(RawValue::get) {
+    csv_text_of(value.map(RawValue::get))
+}
+
+/// [`csv_text`] of a value's JSON text.
+pub fn csv_text_of(value: Option<&str>) -> String {
+    match value {
         None | Some("null") => String::new(),
         Some(text) if text.starts_with('"') => serde_json::from_str::<String>(text).unwrap_or_else(|_| text.to_owned()),
         Some(text) => text.to_owned(),

@@ -4,7 +4,7 @@ use serde_json::{value::RawValue, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::document::{splice, Entries};
+use crate::document::{csv_text, csv_text_of, splice, Entries};
 
 /// A stored profile; [`ProfileRow::merged`] assembles what clients see.
 #[derive(Debug, sqlx::FromRow)]
@@ -50,6 +50,32 @@ impl ProfileRow {
             ),
         };
         RawValue::from_string(text).expect("merging JSON texts gives JSON")
+    }
+}
+
+impl ProfileRow {
+    /// The CSV cells of `columns` for this profile. Plain documents are read as stored, with
+    /// the enrichments taken from their columns, so no merged text is built.
+    pub fn csv_cells(&self, columns: &[String]) -> Vec<String> {
+        let merged;
+        let (entries, from_columns) = match (self.plain, Entries::parse(&self.document)) {
+            (Some(true), Ok(entries)) => (entries, true),
+            _ => {
+                merged = self.merged();
+                (Entries::parse(merged.get()).expect("a merged profile is an object"), false)
+            }
+        };
+        columns
+            .iter()
+            .map(|c| match c.as_str() {
+                "roles" if from_columns => csv_text_of(self.roles.as_deref()),
+                "authentication_methods" if from_columns => csv_text_of(self.authentication_methods.as_deref()),
+                "authenticators" if from_columns => csv_text_of(self.authenticators.as_deref()),
+                "enrollments" if from_columns => csv_text_of(self.enrollments.as_deref()),
+                "enrichment_error" if from_columns => self.enrichment_error.clone().unwrap_or_default(),
+                other => csv_text(entries.get(other)),
+            })
+            .collect()
     }
 }
 

@@ -19,12 +19,9 @@ use super::{
     params::{finish_page, plain_text, AppPath, Params},
     AppState,
 };
-use crate::{
-    db::{
-        exports::ExportStatus,
-        profiles::{self as store, ProfileFilter},
-    },
-    document::{csv_text, Entries},
+use crate::db::{
+    exports::ExportStatus,
+    profiles::{self as store, ProfileFilter},
 };
 
 #[derive(Serialize, ToSchema)]
@@ -144,9 +141,12 @@ pub async fn download(
     tokio::spawn(async move {
         let mut rows = store::all(&pool, export_id);
         let mut out = Vec::with_capacity(CHUNK + 64 * 1024);
+        // CSV is written by one writer into its own buffer, moved into `out` chunk by chunk.
+        let new_csv = || csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
+        let mut csv = new_csv();
         match format {
             Format::Json => out.push(b'['),
-            Format::Csv => out.extend(csv_line(&columns.iter().map(|c| c.to_string()).collect::<Vec<_>>())),
+            Format::Csv => csv.write_record(columns.iter()).expect("csv to vec"),
             Format::Ndjson => {}
         }
         let mut first = true;
@@ -160,21 +160,22 @@ pub async fn download(
                     return;
                 }
             };
-            let merged = row.merged();
             match format {
                 Format::Ndjson => {
-                    out.extend_from_slice(merged.get().as_bytes());
+                    out.extend_from_slice(row.merged().get().as_bytes());
                     out.push(b'\n');
                 }
                 Format::Json => {
                     if !first {
                         out.push(b',');
                     }
-                    out.extend_from_slice(merged.get().as_bytes());
+                    out.extend_from_slice(row.merged().get().as_bytes());
                 }
                 Format::Csv => {
-                    let entries = Entries::parse(merged.get()).expect("a merged profile is an object");
-                    out.extend(csv_line(&columns.iter().map(|c| csv_text(entries.get(c))).collect::<Vec<_>>()))
+                    csv.write_record(row.csv_cells(&columns)).expect("csv to vec");
+                    if csv.get_ref().len() >= CHUNK {
+                        out.append(&mut std::mem::replace(&mut csv, new_csv()).into_inner().expect("csv to vec"));
+                    }
                 }
             }
             first = false;
@@ -185,8 +186,10 @@ pub async fn download(
                 }
             }
         }
-        if format == Format::Json {
-            out.push(b']');
+        match format {
+            Format::Json => out.push(b']'),
+            Format::Csv => out.append(&mut csv.into_inner().expect("csv to vec")),
+            Format::Ndjson => {}
         }
         let _ = tx.send(Ok(Bytes::from(out))).await;
     });
@@ -222,21 +225,18 @@ fn csv_columns(fields: &[String], enrich: crate::model::Enrich) -> std::sync::Ar
     std::sync::Arc::new(columns)
 }
 
-fn csv_line(cells: &[String]) -> Vec<u8> {
-    let mut writer = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
-    writer.write_record(cells).expect("csv to vec");
-    writer.into_inner().expect("csv to vec")
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::document::{csv_text, Entries};
 
     #[test]
     fn csv_cells_quote_commas_quotes_and_newlines() {
         let entries = Entries::parse(r#"{"s":"a, \"b\"\nc","o":{"k":[1]}}"#).unwrap();
-        let line = csv_line(&[csv_text(entries.get("s")), csv_text(entries.get("o")), csv_text(entries.get("x"))]);
-        let text = String::from_utf8(line).unwrap();
+        let mut writer = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
+        writer
+            .write_record([csv_text(entries.get("s")), csv_text(entries.get("o")), csv_text(entries.get("x"))])
+            .unwrap();
+        let text = String::from_utf8(writer.into_inner().unwrap()).unwrap();
         assert_eq!(text, "\"a, \"\"b\"\"\nc\",\"{\"\"k\"\":[1]}\",\r\n");
         let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes());
         let record = reader.records().next().unwrap().unwrap();

@@ -62,6 +62,7 @@ async fn current_attempt(api: &TestApp, id: &str) -> i32 {
 
 #[tokio::test]
 async fn sigkill_in_every_stage_is_taken_over_at_once_and_ends_exact() {
+    let _serial = SERIAL.lock().await;
     // Slow Auth0 answers keep each stage open long enough to be killed in.
     let mut config = paced(60, 200.0);
     config.job_base = Duration::from_millis(1500);
@@ -115,6 +116,7 @@ async fn sigkill_in_every_stage_is_taken_over_at_once_and_ends_exact() {
 
 #[tokio::test]
 async fn sigterm_stores_every_answer_received_and_repeats_no_call() {
+    let _serial = SERIAL.lock().await;
     let mut config = paced(150, 40.0);
     config.faults = Faults { latency_min_ms: 100, latency_max_ms: 400, ..Faults::default() };
     let sim = start_sim(config).await;
@@ -156,6 +158,7 @@ async fn sigterm_stores_every_answer_received_and_repeats_no_call() {
 
 #[tokio::test]
 async fn postgres_cut_away_answers_503_fast_and_everything_resumes() {
+    let _serial = SERIAL.lock().await;
     let sim = start_sim(paced(120, 40.0)).await;
     let db = fresh_database().await;
     let proxy = PgProxy::start(target_of(&db)).await;
@@ -213,6 +216,7 @@ async fn postgres_cut_away_answers_503_fast_and_everything_resumes() {
 
 #[tokio::test]
 async fn cancel_takes_effect_within_two_seconds_at_every_stage() {
+    let _serial = SERIAL.lock().await;
     let mut config = paced(80, 30.0);
     config.job_base = Duration::from_secs(3);
     let sim = start_sim(config).await;
@@ -324,6 +328,7 @@ async fn concurrent_idempotent_posts_make_one_export_and_another_tenant_conflict
 /// retries, 5 Postgres cuts and 5 SIGKILLs, always with a live process beside the killed one.
 #[tokio::test]
 async fn a_long_export_survives_outages_cuts_and_kills_and_ends_exact() {
+    let _serial = SERIAL.lock().await;
     const RATE: f64 = 60.0;
     let sim = start_sim(paced(240, RATE)).await;
     let db = fresh_database().await;
@@ -439,6 +444,7 @@ async fn an_unknown_connection_fails_fast_with_auth0s_words() {
 /// trials each; a process started afterwards resumes within seconds and the export ends exact.
 #[tokio::test]
 async fn a_crash_at_every_stage_boundary_resumes_exactly() {
+    let _serial = SERIAL.lock().await;
     let sim = start_sim(paced(60, 300.0)).await;
     let db = fresh_database().await;
     let api = spawn_api(sim.clone(), &db, 300.0).await;

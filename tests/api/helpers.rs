@@ -386,3 +386,7 @@ pub fn report(scenario: &str, figures: &[(&str, String)]) {
     let fields: Vec<String> = figures.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("RELIABILITY scenario={scenario:?} {}", fields.join(" "));
 }
+
+/// Held by the tests that time the service (cancel, outage answers) or load the machine with
+/// several service processes (kills, the compressed long run), so none of them skews another.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
