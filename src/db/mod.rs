@@ -21,11 +21,25 @@ pub async fn connect(url: &SecretString, max_connections: u32) -> anyhow::Result
         // No ping before each use: it doubles the round trips of a page. A broken connection
         // fails its query instead, which callers already treat as the database being away.
         .test_before_acquire(false)
+        // A future dropped while `BEGIN` was in flight (a stage cut short by a cancel or a lost
+        // lease) leaves a transaction open on the server that sqlx does not know of; such a
+        // connection is closed instead of handed to the next caller. Sent as a simple query,
+        // outside a block `now()` and `statement_timestamp()` are the same instant; inside one,
+        // `now()` is the block's start; in a failed block the query errors. Runs as the
+        // connection goes back to the pool, off any request's path.
+        .after_release(|conn, _| Box::pin(outside_transaction(conn)))
         .connect(url.expose_secret())
         .await
         // The URL may hold a password: name the failure, not the URL.
         .map_err(|e| anyhow::anyhow!("connecting to DATABASE_URL failed: {e}"))?;
     Ok(pool)
+}
+
+/// Whether the connection is outside any transaction block (see `connect`).
+async fn outside_transaction(conn: &mut sqlx::PgConnection) -> sqlx::Result<bool> {
+    use sqlx::{Executor, Row};
+    let row = conn.fetch_one(sqlx::raw_sql("SELECT now() = statement_timestamp()")).await?;
+    row.try_get::<bool, _>(0)
 }
 
 /// Applies pending migrations; sqlx holds an advisory lock, so replicas starting together are safe.

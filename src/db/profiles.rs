@@ -399,6 +399,7 @@ pub async fn store_enrichments(
     conn: &mut PgConnection,
     export_id: Uuid,
     pass: Pass,
+    with_roles: bool,
     batch: &[UserEnrichment],
 ) -> sqlx::Result<u64> {
     let json = |f: fn(&UserEnrichment) -> &Option<Value>| -> Vec<Option<String>> {
@@ -410,15 +411,21 @@ pub async fn store_enrichments(
              role_names = ARRAY(SELECT x->>'name' FROM jsonb_array_elements(COALESCE(u.r, '[]'::jsonb)) x)",
             "p.roles IS NULL",
         ),
+        Pass::Mfa if with_roles => (
+            "authentication_methods = u.m, authenticators = u.a, enrollments = u.e, has_mfa = u.h, enriched_at = now(),
+             roles = COALESCE(m.roles, '[]'::jsonb), role_names = COALESCE(m.names, '{}')",
+            "p.enriched_at IS NULL",
+        ),
         Pass::Mfa => (
             "authentication_methods = u.m, authenticators = u.a, enrollments = u.e, has_mfa = u.h, enriched_at = now()",
             "p.enriched_at IS NULL",
         ),
     };
+    let roles = if with_roles && pass == Pass::Mfa { crate::db::roles::ROLES_OF_USER } else { "" };
     let done = sqlx::query(&format!(
         "UPDATE profiles p SET {set}, enrichment_error = COALESCE(u.err, p.enrichment_error)
            FROM unnest($2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::bool[], $8::text[])
-                AS u(user_id, r, m, a, e, h, err)
+                AS u(user_id, r, m, a, e, h, err) {roles}
           WHERE p.export_id = $1 AND p.user_id = u.user_id AND {pending}"
     ))
     .bind(export_id)

@@ -70,6 +70,17 @@ pub async fn store_members_page(
     tx.commit().await
 }
 
+/// Joined to a row source `u(user_id)` of one export (`$1`): the user's roles as the merged
+/// profile shows them (`m.roles`, sorted by name in byte order) and their names (`m.names`).
+pub const ROLES_OF_USER: &str = "
+    LEFT JOIN LATERAL (
+        SELECT jsonb_agg(jsonb_build_object('id', r.role_id, 'name', r.name, 'description', r.description)
+                         ORDER BY r.name, r.role_id) AS roles,
+               array_agg(r.name::text ORDER BY r.name, r.role_id) AS names
+          FROM role_members rm
+          JOIN export_roles r ON r.export_id = rm.export_id AND r.role_id = rm.role_id
+         WHERE rm.export_id = $1 AND rm.user_id = u.user_id) m ON true";
+
 /// Writes the roles (sorted by name, byte order) of the next `limit` profiles after `after`
 /// from the enumerated memberships; returns the last user written, `None` when none was left.
 #[tracing::instrument(skip(conn))]
@@ -79,26 +90,20 @@ pub async fn fold_into_profiles(
     after: Option<&str>,
     limit: i64,
 ) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar(
+    // Only rows still without roles: the MFA pass writes most of them together with their factors.
+    sqlx::query_scalar(&format!(
         "WITH batch AS (
             SELECT user_id FROM profiles
-             WHERE export_id = $1 AND ($2::text IS NULL OR user_id > $2)
+             WHERE export_id = $1 AND ($2::text IS NULL OR user_id > $2) AND roles IS NULL
              ORDER BY user_id LIMIT $3),
          folded AS (
             UPDATE profiles p SET
-                   roles = COALESCE(m.roles, '[]'::jsonb), role_names = COALESCE(m.names, '{}')
-              FROM batch b
-              LEFT JOIN LATERAL (
-                   SELECT jsonb_agg(jsonb_build_object('id', r.role_id, 'name', r.name, 'description', r.description)
-                                    ORDER BY r.name, r.role_id) AS roles,
-                          array_agg(r.name::text ORDER BY r.name, r.role_id) AS names
-                     FROM role_members rm
-                     JOIN export_roles r ON r.export_id = rm.export_id AND r.role_id = rm.role_id
-                    WHERE rm.export_id = $1 AND rm.user_id = b.user_id) m ON true
-             WHERE p.export_id = $1 AND p.user_id = b.user_id
+                   roles = COALESCE(m.roles, '[]'::jsonb), role_names = COALESCE(m.names, '{{}}')
+              FROM batch u {ROLES_OF_USER}
+             WHERE p.export_id = $1 AND p.user_id = u.user_id
             RETURNING p.user_id)
-         SELECT max(user_id) FROM folded",
-    )
+         SELECT max(user_id) FROM folded"
+    ))
     .bind(export_id)
     .bind(after)
     .bind(limit)

@@ -41,27 +41,32 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     .await?;
     let in_flight = in_flight_target(ctx);
 
+    // Roles are enumerated first (one call per 100 members, a small share of the calls), so the
+    // MFA pass can write each user's roles in the same update as its factors: one write per row.
+    let strategy = match enrich.roles && !ctx.export.roles_fetched {
+        true => Some(roles::enumerate(ctx, users, in_flight).await?),
+        false => None,
+    };
+    let by_role = strategy == Some(RolesStrategy::ByRole);
     let roles = async {
-        if !enrich.roles || ctx.export.roles_fetched {
-            return Ok(None);
-        }
-        match roles::enumerate(ctx, users, in_flight).await? {
-            RolesStrategy::PerUser => per_user_pass(ctx, Pass::Roles, enrich, in_flight).await.map(|()| None),
-            strategy => Ok(Some(strategy)),
+        match strategy {
+            Some(RolesStrategy::PerUser) => per_user_pass(ctx, Pass::Roles, enrich, in_flight, false).await,
+            _ => Ok(()),
         }
     };
     let mfa = async {
         if enrich.any_mfa() {
-            per_user_pass(ctx, Pass::Mfa, enrich, in_flight).await
+            per_user_pass(ctx, Pass::Mfa, enrich, in_flight, by_role).await
         } else {
             Ok(())
         }
     };
-    let (enumerated, ()) = tokio::try_join!(roles, mfa)?;
+    tokio::try_join!(roles, mfa)?;
     if ctx.stop.is_cancelled() {
         return Err(StageError::Interrupted);
     }
-    if enumerated == Some(RolesStrategy::ByRole) {
+    if by_role {
+        // Rows the MFA pass did not write (roles only, or written before roles were known).
         roles::fold(ctx).await?;
     }
 
@@ -84,7 +89,14 @@ fn in_flight_target(ctx: &StageContext) -> usize {
 }
 
 /// Visits every pending user of the pass with bounded concurrency, writing results in batches.
-async fn per_user_pass(ctx: &StageContext, pass: Pass, enrich: Enrich, in_flight: usize) -> Result<(), StageError> {
+/// `with_roles`: role memberships are complete, and each stored user gets its roles too.
+async fn per_user_pass(
+    ctx: &StageContext,
+    pass: Pass,
+    enrich: Enrich,
+    in_flight: usize,
+    with_roles: bool,
+) -> Result<(), StageError> {
     let calls_per_user = match pass {
         Pass::Roles => 1,
         Pass::Mfa => {
@@ -121,7 +133,7 @@ async fn per_user_pass(ctx: &StageContext, pass: Pass, enrich: Enrich, in_flight
                 Ok(Some(Some(user))) => {
                     batch.push(user);
                     if batch.len() >= batch_size {
-                        store(ctx, pass, &mut batch).await?;
+                        store(ctx, pass, with_roles, &mut batch).await?;
                     }
                 }
                 // Stopped before its call was sent: still pending, nothing paid.
@@ -129,11 +141,11 @@ async fn per_user_pass(ctx: &StageContext, pass: Pass, enrich: Enrich, in_flight
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             },
-            _ = tick.tick() => store(ctx, pass, &mut batch).await?,
+            _ = tick.tick() => store(ctx, pass, with_roles, &mut batch).await?,
         }
     };
     // Every answer received is stored, whatever ended the pass.
-    store(ctx, pass, &mut batch).await?;
+    store(ctx, pass, with_roles, &mut batch).await?;
     outcome?;
     if ctx.stop.is_cancelled() {
         return Err(StageError::Interrupted);
@@ -142,14 +154,19 @@ async fn per_user_pass(ctx: &StageContext, pass: Pass, enrich: Enrich, in_flight
 }
 
 /// Writes a batch with its progress, waiting out database outages: the answers are paid for.
-async fn store(ctx: &StageContext, pass: Pass, batch: &mut Vec<UserEnrichment>) -> Result<(), StageError> {
+async fn store(
+    ctx: &StageContext,
+    pass: Pass,
+    with_roles: bool,
+    batch: &mut Vec<UserEnrichment>,
+) -> Result<(), StageError> {
     if batch.is_empty() {
         return Ok(());
     }
     let users: &[UserEnrichment] = batch;
     db::retry("storing enrichment results", move || async move {
         let mut tx = ctx.pool.begin().await?;
-        let new = db::profiles::store_enrichments(&mut tx, ctx.export.id, pass, users).await?;
+        let new = db::profiles::store_enrichments(&mut tx, ctx.export.id, pass, with_roles, users).await?;
         // Only the MFA pass checkpoints users (`enriched_at`); the roles pass is not the progress measure.
         ctx.commit_batch(tx, Counter::Enriched, if pass == Pass::Mfa { new } else { 0 }).await
     })

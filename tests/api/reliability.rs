@@ -247,3 +247,21 @@ async fn three_replicas_together_stay_within_the_rate_limit() {
     // Paced, not stalled: the whole run is close to calls / limit.
     assert!(elapsed < calls / LIMIT * 1.5 + 5.0, "{elapsed:.1}s");
 }
+
+/// A caller cut short while its `BEGIN` was in flight leaves a transaction open that sqlx does not
+/// track; the pool must never hand that connection to the next caller.
+#[tokio::test]
+async fn a_connection_left_inside_a_transaction_is_not_reused() {
+    let url = fresh_database().await;
+    let pool = auth0_exporter::db::connect(&secrecy::SecretString::from(url), 1).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT 1").execute(&mut *conn).await.unwrap();
+    drop(conn);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A simple query: outside a transaction block both are the instant this message arrived.
+        let row = sqlx::raw_sql("SELECT now() = statement_timestamp()").fetch_one(&pool).await.unwrap();
+        let idle: bool = sqlx::Row::get(&row, 0);
+        assert!(idle, "the next caller got a connection inside someone else's transaction");
+    }
+}
