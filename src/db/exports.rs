@@ -435,9 +435,10 @@ pub async fn set_roles_folded(conn: &mut PgConnection, id: Uuid, after: Option<&
         .map(drop)
 }
 
-/// Deletes a finished export: its profiles at once (the partition is truncated, or an older
-/// export's rows deleted), then the row itself with its queue jobs and role scratch rows.
-/// False when it is no longer finished.
+/// Deletes a finished export: the row with its queue jobs and role scratch rows, and the rows
+/// of an export stored before partitioning. Its own partition is left for
+/// [`crate::db::profiles::drop_partition`], which the caller runs next, off the request (nothing
+/// reads a partition whose export is gone). False when it is no longer finished.
 #[tracing::instrument(skip(pool))]
 pub async fn delete(pool: &PgPool, id: Uuid) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
@@ -450,7 +451,7 @@ pub async fn delete(pool: &PgPool, id: Uuid) -> sqlx::Result<bool> {
     if finished.is_none() {
         return Ok(false);
     }
-    crate::db::profiles::empty(&mut tx, id).await?;
+    crate::db::profiles::delete_legacy_rows(&mut tx, id).await?;
     sqlx::query("DELETE FROM exports WHERE id = $1").bind(id).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(true)

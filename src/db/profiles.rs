@@ -184,17 +184,16 @@ fn partition_name(export_id: Uuid) -> String {
     format!("profiles_{}", export_id.simple())
 }
 
-/// Removes an export's profiles: its partition is truncated (storage freed at once, no scan);
-/// rows of an export stored before partitioning are deleted.
-pub async fn empty(conn: &mut PgConnection, export_id: Uuid) -> sqlx::Result<()> {
+/// Deletes the rows of an export stored before partitioning (its own partition, if any, is
+/// dropped whole instead).
+pub async fn delete_legacy_rows(conn: &mut PgConnection, export_id: Uuid) -> sqlx::Result<()> {
     let part = partition_name(export_id);
     let own: Option<String> =
         sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&part).fetch_one(&mut *conn).await?;
-    if own.is_some() {
-        sqlx::query(&format!("TRUNCATE {part}")).execute(conn).await.map(drop)
-    } else {
-        sqlx::query("DELETE FROM profiles WHERE export_id = $1").bind(export_id).execute(conn).await.map(drop)
+    if own.is_none() {
+        sqlx::query("DELETE FROM profiles WHERE export_id = $1").bind(export_id).execute(conn).await?;
     }
+    Ok(())
 }
 
 /// Detaches and drops an export's partition. `DETACH … CONCURRENTLY` blocks no reader of other

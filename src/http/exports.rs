@@ -306,7 +306,8 @@ pub async fn delete(
         return Err(ApiError::Conflict(format!("export {} started again meanwhile; cancel it first", row.id)));
     }
     tracing::info!(export_id = %row.id, "export deleted");
-    // The emptied partition is detached and dropped without blocking readers of other exports.
+    // The partition is detached and dropped off the request, without blocking readers of other
+    // exports; the sweeper finishes the job if this process stops first.
     let pool = state.pool.clone();
     tokio::spawn(async move {
         if let Err(e) = crate::db::profiles::drop_partition(&pool, row.id).await {

@@ -115,17 +115,17 @@ async fn deleting_an_export_removes_it_and_its_partition_at_once() {
     assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     assert_eq!(app.get(&format!("/v1/exports/{id}"), READ_TOKEN).await.status(), 404);
     assert_eq!(app.get(&format!("/v1/exports/{id}/profiles"), READ_TOKEN).await.status(), 404);
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM profiles WHERE export_id = $1::uuid")
-        .bind(&id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(rows, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left: Option<String> =
             sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&part).fetch_one(&app.pool).await.unwrap();
         if left.is_none() {
+            let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM profiles WHERE export_id = $1::uuid")
+                .bind(&id)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            assert_eq!(rows, 0);
             break;
         }
         assert!(Instant::now() < deadline, "the partition was never dropped");
