@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,15 +33,11 @@ import time
 import urllib.request
 import uuid
 
+from common import free_port, peak_rss_mib, wait_http
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RUNS = "1000x10,1000x50,10000x50,100000x500,10000x10"
 TOKEN = "bench-token"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(method, url, body=None, token=None):
@@ -54,25 +49,6 @@ def http(method, url, body=None, token=None):
         req.add_header("authorization", f"Bearer {token}")
     with urllib.request.urlopen(req, timeout=120) as resp:
         return resp.read()
-
-
-def wait_http(url, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            http("GET", url)
-            return
-        except Exception:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} never answered")
-
-
-def peak_rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def psql(admin_url, sql):

@@ -42,7 +42,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+
+from common import free_port, peak_rss_mib, wait_http
 
 # The keyset page query pgbench runs: keep it close to the service's page query (src/db/profiles.rs,
 # `page`) and adjust it here when that changes. {export_id} and {after} are filled in per run.
@@ -77,12 +78,6 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http(method, url, body=None, token=None, timeout=120):
     """(status, body bytes); HTTP errors are answers, not exceptions."""
     data = json.dumps(body).encode() if body is not None else None
@@ -103,26 +98,6 @@ def get_json(url, token=None):
     if status != 200:
         raise RuntimeError(f"GET {url}: {status} {body[:300]!r}")
     return json.loads(body)
-
-
-def wait_http(url, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if http("GET", url, timeout=timeout)[0] == 200:
-                return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} never answered")
-
-
-def peak_rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def psql(url, sql, *extra):

@@ -51,6 +51,11 @@ async fn get(c: &reqwest::Client, tok: &str, url: String) -> (u16, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
+/// The body of an authorised GET as text, exactly as sent.
+async fn get_text(c: &reqwest::Client, tok: &str, url: String) -> String {
+    c.get(url).bearer_auth(tok).send().await.unwrap().text().await.unwrap()
+}
+
 /// Creates a job, waits for completion, returns the gunzipped file.
 async fn export(c: &reqwest::Client, sim: &Sim, tok: &str, body: Value) -> Vec<u8> {
     let base = sim.base_url();
@@ -548,34 +553,25 @@ async fn nasty_json_export_equals_truth_text() {
     let t = truth.iter().find(|t| t.contains("123456789012345678901234567890")).unwrap();
     let tp = raw_pairs(t);
     let id = enc(serde_json::from_str::<String>(&tp["user_id"]).unwrap().as_str());
-    let user = c.get(format!("{base}/api/v2/users/{id}")).bearer_auth(&tok).send().await.unwrap().text().await.unwrap();
+    let user = get_text(&c, &tok, format!("{base}/api/v2/users/{id}")).await;
     let up = raw_pairs(&user);
     for (k, v) in &up {
         if let Some(tv) = tp.get(k) {
             assert_eq!(v, tv, "{k}");
         }
     }
-    let some = c
-        .get(format!("{base}/api/v2/users/{id}?fields=user_id,app_metadata,user_metadata&include_fields=true"))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let some = get_text(
+        &c,
+        &tok,
+        format!("{base}/api/v2/users/{id}?fields=user_id,app_metadata,user_metadata&include_fields=true"),
+    )
+    .await;
     let sp = raw_pairs(&some);
     assert!(sp.keys().all(|k| ["user_id", "app_metadata", "user_metadata"].contains(&k.as_str())), "{some}");
     assert_eq!(sp["user_id"], tp["user_id"]);
-    let rest = c
-        .get(format!("{base}/api/v2/users/{id}?fields=app_metadata,user_metadata&include_fields=false"))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let rest =
+        get_text(&c, &tok, format!("{base}/api/v2/users/{id}?fields=app_metadata,user_metadata&include_fields=false"))
+            .await;
     let rp = raw_pairs(&rest);
     assert!(!rp.contains_key("app_metadata") && !rp.contains_key("user_metadata"));
     assert_eq!(rp.len() + sp.len() - 1, up.len());

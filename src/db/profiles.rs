@@ -184,13 +184,15 @@ fn partition_name(export_id: Uuid) -> String {
     format!("profiles_{}", export_id.simple())
 }
 
+/// Whether the export has a partition of its own (exports stored before partitioning do not).
+async fn has_partition(conn: &mut PgConnection, export_id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(partition_name(export_id)).fetch_one(conn).await
+}
+
 /// Deletes the rows of an export stored before partitioning (its own partition, if any, is
 /// dropped whole instead).
 pub async fn delete_legacy_rows(conn: &mut PgConnection, export_id: Uuid) -> sqlx::Result<()> {
-    let part = partition_name(export_id);
-    let own: Option<String> =
-        sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&part).fetch_one(&mut *conn).await?;
-    if own.is_none() {
+    if !has_partition(&mut *conn, export_id).await? {
         sqlx::query("DELETE FROM profiles WHERE export_id = $1").bind(export_id).execute(conn).await?;
     }
     Ok(())
@@ -228,10 +230,9 @@ pub async fn orphan_partitions(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
 /// handful of rows and picks plans that scan the whole export for every enrichment batch.
 #[tracing::instrument(skip(pool))]
 pub async fn analyze_partition(pool: &PgPool, export_id: Uuid) -> sqlx::Result<()> {
-    let part = partition_name(export_id);
-    let own: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&part).fetch_one(pool).await?;
-    if own.is_some() {
-        sqlx::query(&format!("ANALYZE {part}")).execute(pool).await?;
+    let mut conn = pool.acquire().await?;
+    if has_partition(&mut conn, export_id).await? {
+        sqlx::query(&format!("ANALYZE {}", partition_name(export_id))).execute(&mut *conn).await?;
     }
     Ok(())
 }
