@@ -80,6 +80,8 @@ impl Application {
             tokens: Arc::new(TokenTable::new(&settings.api_tokens)),
             ready: Arc::new(AtomicBool::new(true)),
             metrics: telemetry::metrics_handle(),
+            request_timeout: settings.request_timeout,
+            completed: Default::default(),
         };
         Ok(Application {
             listener,

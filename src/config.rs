@@ -5,6 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{bail, Context};
 use secrecy::SecretString;
 use serde::Deserialize;
+use sha2::Digest;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -15,6 +16,8 @@ pub struct Settings {
     pub tenants: Vec<TenantConfig>,
     pub api_tokens: Vec<ApiToken>,
     pub worker: WorkerSettings,
+    /// A request that has not produced its response head by then answers 503.
+    pub request_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -29,12 +32,29 @@ pub struct TenantConfig {
     pub rate_limit: f64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ApiToken {
     pub name: String,
-    pub token: SecretString,
+    /// SHA-256 of the token: configured as such (`name:sha256:<hex>:scopes`) or hashed from the
+    /// plain token at start, so the plain text is never kept.
+    pub digest: [u8; 32],
     pub read: bool,
     pub write: bool,
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("read", &self.read)
+            .field("write", &self.write)
+            .finish()
+    }
+}
+
+/// SHA-256 of a presented or configured token.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -49,6 +69,10 @@ pub struct WorkerSettings {
     /// Per-user calls in flight per export; `None` sizes it from the rate limit.
     #[serde(default)]
     pub enrich_concurrency: Option<usize>,
+    /// Finished exports older than this (by `finished_at`) are deleted by the sweeper; `None`
+    /// keeps them. Set from the top-level `export_retention` / `EXPORT_RETENTION`.
+    #[serde(skip)]
+    pub export_retention: Option<Duration>,
     /// First wait of an Auth0 call's bounded retries (5xx, network); later waits double, four
     /// retries in all. Stages then wait out longer outages on their own, starting at 4 × this.
     pub auth0_retry_base_ms: u64,
@@ -78,6 +102,8 @@ struct FileConfig {
     listen_addr: String,
     rate_limit: f64,
     worker: WorkerSettings,
+    request_timeout_secs: u64,
+    export_retention: Option<String>,
     #[serde(default)]
     tenants: Vec<FileTenant>,
 }
@@ -155,12 +181,25 @@ impl Settings {
             }
         }
 
+        let request_timeout = match var("REQUEST_TIMEOUT_SECS") {
+            Some(v) => {
+                v.parse().ok().filter(|&n: &u64| n > 0).context("REQUEST_TIMEOUT_SECS must be a positive integer")?
+            }
+            None => file.request_timeout_secs,
+        };
+        worker.export_retention = match var("EXPORT_RETENTION").or(file.export_retention) {
+            Some(v) if v == "off" => None,
+            Some(v) => Some(parse_retention(&v)?),
+            None => None,
+        };
+
         Ok(Settings {
             database_url: var("DATABASE_URL").map(SecretString::from),
             listen_addr,
             tenants,
             api_tokens: parse_api_tokens(&var("API_TOKENS").unwrap_or_default())?,
             worker,
+            request_timeout: Duration::from_secs(request_timeout),
         })
     }
 }
@@ -219,16 +258,42 @@ fn check_rate(name: &str, rate: f64) -> anyhow::Result<f64> {
     }
 }
 
-/// `name:token:scopes` entries, comma separated, scopes joined by `+`.
+/// `EXPORT_RETENTION`: a positive whole number of days, hours, minutes or seconds (`30d`,
+/// `12h`, `90m`, `3600s`).
+fn parse_retention(text: &str) -> anyhow::Result<Duration> {
+    let unit_secs = match text.chars().last() {
+        Some('d') => 86_400,
+        Some('h') => 3_600,
+        Some('m') => 60,
+        Some('s') => 1,
+        _ => 0,
+    };
+    let amount = text[..text.len().saturating_sub(1)].parse::<u64>().ok().filter(|&n| n > 0);
+    match (amount, unit_secs) {
+        (Some(n), unit) if unit > 0 => Ok(Duration::from_secs(n.saturating_mul(unit))),
+        _ => bail!("EXPORT_RETENTION must be like 30d, 12h, 90m or 3600s (or off), got {text:?}"),
+    }
+}
+
+/// `name:token:scopes` or `name:sha256:<64 hex digits>:scopes` entries, comma separated,
+/// scopes joined by `+`.
 pub fn parse_api_tokens(spec: &str) -> anyhow::Result<Vec<ApiToken>> {
-    let mut tokens = Vec::new();
+    let mut tokens: Vec<ApiToken> = Vec::new();
     for (i, entry) in spec.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
-        let mut parts = entry.splitn(3, ':');
-        let (Some(name), Some(token), Some(scopes)) = (parts.next(), parts.next(), parts.next()) else {
-            bail!("API_TOKENS entry {} is not name:token:scopes", i + 1);
+        let parts: Vec<&str> = entry.split(':').collect();
+        let (name, digest, scopes) = match parts[..] {
+            [name, "sha256", hex, scopes] => {
+                let digest = parse_sha256(hex).with_context(|| {
+                    format!("API_TOKENS entry {name}: sha256 needs the token's SHA-256 as 64 hex digits")
+                })?;
+                (name, digest, scopes)
+            }
+            [name, token, scopes] if !token.is_empty() => (name, token_digest(token), scopes),
+            [_, "", _] => bail!("API_TOKENS entry {} has an empty token", i + 1),
+            _ => bail!("API_TOKENS entry {} is not name:token:scopes or name:sha256:<hex>:scopes", i + 1),
         };
-        if name.is_empty() || token.is_empty() {
-            bail!("API_TOKENS entry {} has an empty name or token", i + 1);
+        if name.is_empty() {
+            bail!("API_TOKENS entry {} has an empty name", i + 1);
         }
         let (mut read, mut write) = (false, false);
         for scope in scopes.split('+') {
@@ -238,9 +303,23 @@ pub fn parse_api_tokens(spec: &str) -> anyhow::Result<Vec<ApiToken>> {
                 other => bail!("API_TOKENS entry {name}: unknown scope {other:?} (use read, write)"),
             }
         }
-        tokens.push(ApiToken { name: name.into(), token: SecretString::from(token.to_owned()), read, write });
+        if tokens.iter().any(|t| t.digest == digest) {
+            bail!("API_TOKENS entry {name}: the same token is configured twice");
+        }
+        tokens.push(ApiToken { name: name.into(), digest, read, write });
     }
     Ok(tokens)
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(digest)
 }
 
 #[cfg(test)]
@@ -291,9 +370,42 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert!(t[0].read && !t[0].write);
         assert!(t[1].read && t[1].write);
-        assert_eq!(t[1].token.expose_secret(), "xyz");
+        assert_eq!(t[1].digest, token_digest("xyz"));
         assert!(parse_api_tokens("x:y:admin").unwrap_err().to_string().contains("admin"));
         assert!(parse_api_tokens("novalue").is_err());
+        assert!(parse_api_tokens("a:t:read,b:t:write").unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn retention_reads_days_hours_minutes_and_seconds() {
+        assert_eq!(parse_retention("30d").unwrap(), Duration::from_secs(30 * 86_400));
+        assert_eq!(parse_retention("12h").unwrap(), Duration::from_secs(12 * 3_600));
+        assert_eq!(parse_retention("90m").unwrap(), Duration::from_secs(5_400));
+        assert_eq!(parse_retention("1s").unwrap(), Duration::from_secs(1));
+        for bad in ["", "d", "0d", "30", "30w", "-1d", "1.5h", "30 d"] {
+            assert!(parse_retention(bad).unwrap_err().to_string().contains("EXPORT_RETENTION"), "{bad}");
+        }
+        let s = Settings::from_lookup(|k| (k == "EXPORT_RETENTION").then(|| "7d".to_owned())).unwrap();
+        assert_eq!(s.worker.export_retention, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(Settings::from_lookup(|_| None).unwrap().worker.export_retention, None);
+    }
+
+    #[test]
+    fn api_tokens_may_be_configured_as_sha256_hashes() {
+        // SHA-256 of "xyz".
+        let hex = "3608bca1e44ea6c4d268eb6db02260269892c0b42b86bbf1e77a6fa16c3c9282";
+        // SHA-256 of "abc", in capitals.
+        let upper = "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD";
+        let t = parse_api_tokens(&format!("ops:sha256:{hex}:read+write, dash:sha256:{upper}:read")).unwrap();
+        assert_eq!(t[0].digest, token_digest("xyz"));
+        assert_eq!(t[1].digest, token_digest("abc"));
+        assert!(t[0].read && t[0].write && t[1].read && !t[1].write);
+        for bad in [&hex[..63], "zz08bca1e44ea6c4d268eb6db02260269892c0b42b86bbf1e77a6fa16c3c9282", ""] {
+            let err = parse_api_tokens(&format!("ops:sha256:{bad}:read")).unwrap_err().to_string();
+            assert!(err.contains("64 hex digits"), "{bad}: {err}");
+        }
+        // The debug form names the token, never its digest or text.
+        assert!(!format!("{:?}", t[0]).contains("digest"));
     }
 
     #[test]

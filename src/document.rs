@@ -157,9 +157,60 @@ pub fn csv_text_of(value: Option<&str>) -> String {
     }
 }
 
+/// A CSV cell that no spreadsheet runs as a formula: text starting with `=`, `+`, `-`, `@`, a tab
+/// or a carriage return gets a leading `'` (OWASP's advice), unless it is a plain number.
+pub fn csv_safe(cell: String) -> String {
+    let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if risky && !is_plain_number(&cell) {
+        format!("'{cell}")
+    } else {
+        cell
+    }
+}
+
+/// `-12`, `+3.5`, `-1e9`: a number as spreadsheets and JSON write it, nothing else.
+fn is_plain_number(text: &str) -> bool {
+    let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let (mantissa, exponent) = match digits.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['+', '-']).unwrap_or(e))),
+        None => (digits, None),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    !(whole.is_empty() && fraction.is_empty())
+        && all_digits(whole)
+        && all_digits(fraction)
+        && exponent.map_or(true, |e| !e.is_empty() && all_digits(e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formula_like_cells_are_neutralised_and_numbers_stay_numbers() {
+        for (cell, safe) in [
+            ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+            ("+1 555 0100", "'+1 555 0100"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tcmd", "'\tcmd"),
+            ("\rcmd", "'\rcmd"),
+            ("-", "'-"),
+            ("-e5", "'-e5"),
+            ("1e", "1e"),
+            ("-12", "-12"),
+            ("+3.5", "+3.5"),
+            ("-1.5e-300", "-1.5e-300"),
+            ("-.5", "-.5"),
+            ("plain", "plain"),
+            ("a=b", "a=b"),
+            ("", ""),
+            ("[{\"name\":\"=x\"}]", "[{\"name\":\"=x\"}]"),
+        ] {
+            assert_eq!(csv_safe(cell.to_owned()), safe, "{cell:?}");
+        }
+    }
 
     #[test]
     fn values_keep_their_exact_text() {

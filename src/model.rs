@@ -32,8 +32,10 @@ pub const DEFAULT_FIELDS: [&str; 23] = [
 ];
 
 /// Attributes Auth0 never exports.
-const NOT_EXPORTABLE: [&str; 3] = ["blocked_for", "guardian_authenticators", "tenant"];
-const MAX_FIELDS: usize = 100;
+pub const NOT_EXPORTABLE: [&str; 3] = ["blocked_for", "guardian_authenticators", "tenant"];
+pub const MAX_FIELDS: usize = 100;
+/// What [`is_field_path`] accepts (at most 100 characters), for the OpenAPI document.
+pub const FIELD_PATH_PATTERN: &str = r"^[A-Za-z0-9_-]+(\[[0-9]+\])*(\.[A-Za-z0-9_-]+(\[[0-9]+\])*)*$";
 
 /// A normalised create body: every default filled in, stored as the export's `request`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

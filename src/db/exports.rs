@@ -435,10 +435,10 @@ pub async fn set_roles_folded(conn: &mut PgConnection, id: Uuid, after: Option<&
         .map(drop)
 }
 
-/// Deletes a finished export: the row with its queue jobs and role scratch rows, and the rows
-/// of an export stored before partitioning. Its own partition is left for
-/// [`crate::db::profiles::drop_partition`], which the caller runs next, off the request (nothing
-/// reads a partition whose export is gone). False when it is no longer finished.
+/// Deletes a finished export: the row with its queue jobs, and the rows of an export stored
+/// before partitioning. Its own partition and role scratch rows are left for [`purge`], which the
+/// caller runs next, off the request (nothing reads them once the export is gone). False when it
+/// is no longer finished.
 #[tracing::instrument(skip(pool))]
 pub async fn delete(pool: &PgPool, id: Uuid) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
@@ -455,4 +455,40 @@ pub async fn delete(pool: &PgPool, id: Uuid) -> sqlx::Result<bool> {
     sqlx::query("DELETE FROM exports WHERE id = $1").bind(id).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Removes what a deleted export left: its partition and its role scratch rows.
+#[tracing::instrument(skip(pool))]
+pub async fn purge(pool: &PgPool, id: Uuid) -> sqlx::Result<()> {
+    crate::db::profiles::drop_partition(pool, id).await?;
+    let mut tx = pool.begin().await?;
+    crate::db::roles::clear(&mut tx, id).await?;
+    tx.commit().await
+}
+
+/// Deleted exports whose [`purge`] was interrupted (a crash between the DELETE and the purge).
+pub async fn unpurged(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT substr(c.relname, 10)::uuid FROM pg_class c
+          WHERE c.relkind = 'r' AND c.relname ~ '^profiles_[0-9a-f]{32}$'
+            AND NOT EXISTS (SELECT 1 FROM exports e WHERE e.id = substr(c.relname, 10)::uuid)
+         UNION
+         SELECT DISTINCT r.export_id FROM export_roles r
+          WHERE NOT EXISTS (SELECT 1 FROM exports e WHERE e.id = r.export_id)",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Finished exports that finished longer than `retention` ago, oldest first.
+pub async fn expired(pool: &PgPool, retention: std::time::Duration, limit: i64) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT id FROM exports
+          WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < now() - make_interval(secs => $1)
+          ORDER BY finished_at LIMIT $2",
+    )
+    .bind(retention.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }

@@ -4,7 +4,7 @@ use serde_json::{value::RawValue, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::document::{csv_text, csv_text_of, splice, Entries};
+use crate::document::{csv_safe, csv_text, csv_text_of, splice, Entries};
 
 /// A stored profile; [`ProfileRow::merged`] assembles what clients see.
 #[derive(Debug, sqlx::FromRow)]
@@ -75,6 +75,7 @@ impl ProfileRow {
                 "enrichment_error" if from_columns => self.enrichment_error.clone().unwrap_or_default(),
                 other => csv_text(entries.get(other)),
             })
+            .map(csv_safe)
             .collect()
     }
 }
@@ -215,17 +216,6 @@ pub async fn drop_partition(pool: &PgPool, export_id: Uuid) -> sqlx::Result<()> 
     sqlx::query(&format!("DROP TABLE IF EXISTS {part}")).execute(pool).await.map(drop)
 }
 
-/// Exports whose partition outlived them (a drop interrupted by a crash).
-pub async fn orphan_partitions(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT substr(c.relname, 10)::uuid FROM pg_class c
-          WHERE c.relkind = 'r' AND c.relname ~ '^profiles_[0-9a-f]{32}$'
-            AND NOT EXISTS (SELECT 1 FROM exports e WHERE e.id = substr(c.relname, 10)::uuid)",
-    )
-    .fetch_all(pool)
-    .await
-}
-
 /// Gives the planner the statistics of a freshly loaded partition: without them it guesses a
 /// handful of rows and picks plans that scan the whole export for every enrichment batch.
 #[tracing::instrument(skip(pool))]
@@ -276,7 +266,10 @@ impl ProfileFilter {
     /// then the last user of the previous page when `after`, then the set filters in the order
     /// role, has_mfa, connection, email.
     pub fn page_sql(&self, after: bool) -> String {
-        let mut sql = format!("SELECT {COLUMNS} FROM profiles WHERE export_id = $1");
+        // Rows of a deleted export are not served, even before its partition is dropped.
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM profiles WHERE export_id = $1 AND EXISTS (SELECT FROM exports WHERE id = $1)"
+        );
         let mut n = 2;
         for (set, condition) in [
             (after, "user_id > $"),

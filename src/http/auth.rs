@@ -1,28 +1,21 @@
 //! Bearer tokens from `API_TOKENS` and the `read`/`write` scopes each endpoint needs.
 
-use axum::{extract::FromRequestParts, http::request::Parts};
-use secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
-
 use super::{error::ApiError, AppState};
-use crate::config::ApiToken;
+use crate::config::{token_digest, ApiToken};
+use axum::{extract::FromRequestParts, http::request::Parts};
 
 /// Tokens kept as digests: comparing fixed-size hashes does not leak a token's length or prefix.
 pub struct TokenTable(Vec<(String, [u8; 32], bool, bool)>);
 
 impl TokenTable {
     pub fn new(tokens: &[ApiToken]) -> TokenTable {
-        TokenTable(tokens.iter().map(|t| (t.name.clone(), digest(t.token.expose_secret()), t.read, t.write)).collect())
+        TokenTable(tokens.iter().map(|t| (t.name.clone(), t.digest, t.read, t.write)).collect())
     }
 
     fn find(&self, presented: &str) -> Option<&(String, [u8; 32], bool, bool)> {
-        let d = digest(presented);
+        let d = token_digest(presented);
         self.0.iter().find(|(_, known, _, _)| known.iter().zip(d.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
     }
-}
-
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 /// The caller holds the `read` scope.

@@ -28,6 +28,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("service is draining or its database is unreachable")]
     Unavailable,
+    #[error("the request took longer than {0} s; try again")]
+    Timeout(u64),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -67,7 +69,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

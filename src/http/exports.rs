@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::{
     auth::{CanRead, CanWrite},
+    caching::Validators,
     error::{ApiError, Problem},
     params::{finish_page, AppPath, Params},
     AppState,
@@ -165,7 +166,8 @@ pub async fn load_export(state: &AppState, id: &str) -> Result<ExportRow, ApiErr
 #[utoipa::path(post, path = "/v1/exports", tag = "exports",
     request_body(content = Object, description = "ExportRequest; every field optional when the service has one tenant"),
     params(("Idempotency-Key" = Option<String>, Header, description = "same key + same body returns the same export")),
-    responses((status = 202, body = ExportView, description = "queued; Location names it"),
+    responses((status = 202, body = ExportView, description = "queued; Location names it",
+               headers(("Location" = String, description = "the export's URL"))),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 409, body = Problem, description = "idempotency key reused with another body")),
     security(("bearer" = ["write"])))]
@@ -248,16 +250,26 @@ pub async fn list(
 
 /// One export: status, stage, progress, counters, error.
 #[utoipa::path(get, path = "/v1/exports/{id}", tag = "exports", params(("id" = Uuid, Path)),
-    responses((status = 200, body = ExportView), (status = 400, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = ExportView), (status = 304, description = "not modified since the ETag or date given"),
+              (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = ["read"])))]
 pub async fn get(
     State(state): State<AppState>,
     _: CanRead,
     AppPath(id): AppPath<String>,
-) -> Result<Json<ExportView>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let row = load_export(&state, &id).await?;
     let rate = state.rate_limit(&row.tenant);
-    Ok(Json(ExportView::new(row, rate)))
+    let finished_at = row.finished_at;
+    let body = serde_json::to_vec(&ExportView::new(row, rate)).map_err(anyhow::Error::from)?;
+    let validators = Validators::of_bytes(&body, finished_at);
+    if validators.fresh(&headers) {
+        return Ok(validators.not_modified());
+    }
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    validators.apply(response.headers_mut());
+    Ok(response)
 }
 
 /// Cancel a queued or running export.
@@ -306,12 +318,12 @@ pub async fn delete(
         return Err(ApiError::Conflict(format!("export {} started again meanwhile; cancel it first", row.id)));
     }
     tracing::info!(export_id = %row.id, "export deleted");
-    // The partition is detached and dropped off the request, without blocking readers of other
-    // exports; the sweeper finishes the job if this process stops first.
+    // The partition and role scratch rows go off the request, without blocking readers of
+    // other exports; the sweeper finishes the job if this process stops first.
     let pool = state.pool.clone();
     tokio::spawn(async move {
-        if let Err(e) = crate::db::profiles::drop_partition(&pool, row.id).await {
-            tracing::warn!(error = %e, "dropping a deleted export's partition failed; the sweeper retries");
+        if let Err(e) = store::purge(&pool, row.id).await {
+            tracing::warn!(error = %e, "purging a deleted export failed; the sweeper retries");
         }
     });
     Ok(StatusCode::NO_CONTENT)

@@ -1,9 +1,12 @@
 //! The REST API: routes, shared state, request metrics and the generated OpenAPI document.
 
 pub mod auth;
+pub mod caching;
+pub mod completed;
 pub mod error;
 pub mod exports;
 pub mod health;
+pub mod openapi;
 pub mod params;
 pub mod profiles;
 
@@ -16,9 +19,9 @@ use std::{
 };
 
 use axum::{
-    extract::{MatchedPath, Request},
+    extract::{MatchedPath, Request, State},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::{get, post},
     Router,
 };
@@ -27,12 +30,7 @@ use sqlx::PgPool;
 use tower_http::{
     compression::CompressionLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    timeout::TimeoutLayer,
     trace::TraceLayer,
-};
-use utoipa::{
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
-    Modify, OpenApi,
 };
 
 use crate::auth0::Tenants;
@@ -46,6 +44,10 @@ pub struct AppState {
     /// False once shutdown began: `/readyz` answers 503 so traffic drains away.
     pub ready: Arc<AtomicBool>,
     pub metrics: PrometheusHandle,
+    /// How long a request may take to produce its response head.
+    pub request_timeout: Duration,
+    /// Completed exports already read: their profiles are served without an export lookup.
+    pub completed: Arc<completed::CompletedExports>,
 }
 
 impl AppState {
@@ -55,31 +57,6 @@ impl AppState {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
-    }
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "auth0-exporter", description = "Complete Auth0 user profiles: export fields, roles and MFA factors."),
-    paths(
-        exports::create, exports::list, exports::get, exports::cancel, exports::delete,
-        profiles::list, profiles::get, profiles::download,
-        health::livez, health::readyz, health::metrics, health::openapi,
-    ),
-    modifiers(&BearerAuth),
-    tags((name = "exports"), (name = "profiles"), (name = "operations"))
-)]
-pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
     }
 }
 
@@ -98,9 +75,9 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(health::openapi))
         .fallback(|| async { error::ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(middleware::from_fn(record_request))
         .layer(CompressionLayer::new())
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(300)))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
@@ -110,6 +87,18 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// A request that outlives `request_timeout` answers 503 problem+json with `Retry-After`,
+/// inside the metrics layer so it is counted like any other answer.
+async fn time_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(timeout_secs = state.request_timeout.as_secs(), "request timed out");
+            error::ApiError::Timeout(state.request_timeout.as_secs()).into_response()
+        }
+    }
 }
 
 /// `exporter_http_request_duration_seconds{method,route,status}`, labelled by the route template.

@@ -1,9 +1,11 @@
 //! `/v1/exports/{id}/profiles` and `/download`: merged profiles, paged or streamed whole.
 
+use std::sync::Arc;
+
 use axum::{
     body::{Body, Bytes},
     extract::{RawQuery, State},
-    http::header,
+    http::{header, HeaderMap},
     response::{IntoResponse, Response},
     Json,
 };
@@ -14,15 +16,17 @@ use utoipa::ToSchema;
 
 use super::{
     auth::CanRead,
+    caching::{self, Validators},
     error::{ApiError, Problem},
-    exports::load_export,
+    exports::{load_export, parse_export_id},
     params::{finish_page, plain_text, AppPath, Params},
     AppState,
 };
 use crate::db::{
-    exports::ExportStatus,
+    exports::{ExportRow, ExportStatus},
     profiles::{self as store, ProfileFilter},
 };
+use crate::document::csv_safe;
 
 #[derive(Serialize, ToSchema)]
 pub struct ProfileList {
@@ -40,14 +44,16 @@ pub struct ProfileList {
            ("has_mfa" = Option<bool>, Query, description = "a confirmed MFA factor; needs an MFA enrichment"),
            ("connection" = Option<String>, Query, description = "identities[0].connection"),
            ("email" = Option<String>, Query, description = "exact email")),
-    responses((status = 200, body = ProfileList), (status = 400, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = ProfileList), (status = 304, description = "not modified (completed exports)"),
+              (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = ["read"])))]
 pub async fn list(
     State(state): State<AppState>,
     _: CanRead,
     AppPath(id): AppPath<String>,
     RawQuery(q): RawQuery,
-) -> Result<Json<ProfileList>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref(), &["limit", "cursor", "role", "has_mfa", "connection", "email"])?;
     let limit = params.limit()?;
     let after = params.cursor()?;
@@ -57,42 +63,103 @@ pub async fn list(
         connection: params.text("connection")?,
         email: params.text("email")?,
     };
-    let export = load_export(&state, &id).await?;
-    if filter.has_mfa.is_some() && !export.request.enrich.any_mfa() {
+    let (export, cached) = export_to_read(&state, &id).await?;
+    let request = &export.request;
+    if filter.has_mfa.is_some() && !request.enrich.any_mfa() {
         return Err(ApiError::field("has_mfa", "this export fetched no MFA data (enrich.authentication_methods, authenticators and enrollments are all off)"));
     }
-    if filter.role.is_some() && !export.request.enrich.roles {
+    if filter.role.is_some() && !request.enrich.roles {
         return Err(ApiError::field("role", "this export fetched no roles (enrich.roles is off)"));
     }
     // These filters read the exported `email` and `identities`: an export without them cannot answer.
     for (filter_set, param, field) in
         [(filter.connection.is_some(), "connection", "identities"), (filter.email.is_some(), "email", "email")]
     {
-        if filter_set && !export.request.fields.iter().any(|f| f == field) {
+        if filter_set && !request.fields.iter().any(|f| f == field) {
             return Err(ApiError::field(param, format!("this export did not export the {field} field")));
         }
     }
+    let validators = completed_validators(&export, &format!("profiles?{}", q.as_deref().unwrap_or("")));
+    if let Some(v) = validators.as_ref().filter(|v| v.fresh(&headers)) {
+        if cached {
+            load_export(&state, &id).await?; // still there?
+        }
+        return Ok(v.not_modified());
+    }
     let rows = store::page(&state.pool, export.id, &filter, after.as_deref(), limit).await?;
+    if rows.is_empty() && cached {
+        // No rows either because the page is empty or because the export is gone (deleted,
+        // perhaps through another replica): only the export's row tells which.
+        state.completed.forget(export.id);
+        load_export(&state, &id).await?;
+    }
     let (rows, next_cursor) = finish_page(rows, limit, |r| r.user_id.clone());
-    Ok(Json(ProfileList { data: rows.iter().map(|r| r.merged()).collect(), next_cursor }))
+    let mut response =
+        Json(ProfileList { data: rows.iter().map(|r| r.merged()).collect(), next_cursor }).into_response();
+    with_validators(&mut response, validators.as_ref());
+    Ok(response)
+}
+
+/// The export whose profiles are read, from memory when it is completed and already known
+/// (true), else from its row.
+async fn export_to_read(state: &AppState, id: &str) -> Result<(Arc<ExportRow>, bool), ApiError> {
+    let export_id = parse_export_id(id)?;
+    if let Some(export) = state.completed.get(export_id) {
+        return Ok((export, true));
+    }
+    Ok((state.completed.offer(load_export(state, id).await?), false))
+}
+
+/// The validators of data read from `export`: only a completed export's data never changes.
+fn completed_validators(export: &ExportRow, variant: &str) -> Option<Validators> {
+    match (export.status, export.finished_at) {
+        (ExportStatus::Completed, Some(finished)) => Some(Validators::of_completed(export.id, finished, variant)),
+        _ => None,
+    }
+}
+
+/// Sets the validators, or only `Cache-Control` when the data may still change.
+fn with_validators(response: &mut Response, validators: Option<&Validators>) {
+    match validators {
+        Some(v) => v.apply(response.headers_mut()),
+        None => {
+            response.headers_mut().insert(header::CACHE_CONTROL, caching::CACHE_CONTROL);
+        }
+    }
 }
 
 /// One merged profile; the user id is percent-encoded (`auth0%7C123`).
 #[utoipa::path(get, path = "/v1/exports/{id}/profiles/{user_id}", tag = "profiles",
     params(("id" = uuid::Uuid, Path), ("user_id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = Problem)),
+    responses((status = 200, body = Object), (status = 304, description = "not modified (completed exports)"),
+              (status = 404, body = Problem)),
     security(("bearer" = ["read"])))]
 pub async fn get(
     State(state): State<AppState>,
     _: CanRead,
     AppPath((id, user_id)): AppPath<(String, String)>,
-) -> Result<Json<Box<RawValue>>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let user_id = plain_text("user_id", &user_id)?;
-    let export = load_export(&state, &id).await?;
-    let row = store::get(&state.pool, export.id, &user_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("user {user_id:?} is not in export {}", export.id)))?;
-    Ok(Json(row.merged()))
+    let (export, cached) = export_to_read(&state, &id).await?;
+    let validators = completed_validators(&export, &format!("profiles/{user_id}"));
+    if let Some(v) = validators.as_ref().filter(|v| v.fresh(&headers)) {
+        if cached {
+            load_export(&state, &id).await?; // still there?
+        }
+        return Ok(v.not_modified());
+    }
+    let missing = || ApiError::NotFound(format!("user {user_id:?} is not in export {}", export.id));
+    let Some(row) = store::get(&state.pool, export.id, &user_id).await? else {
+        if cached {
+            state.completed.forget(export.id);
+            load_export(&state, &id).await?;
+        }
+        return Err(missing());
+    };
+    let mut response = Json(row.merged()).into_response();
+    with_validators(&mut response, validators.as_ref());
+    Ok(response)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -110,7 +177,9 @@ const CHUNKS_AHEAD: usize = 4;
 /// The whole result, streamed from the database page by page (gzip when the client accepts it).
 #[utoipa::path(get, path = "/v1/exports/{id}/download", tag = "profiles",
     params(("id" = uuid::Uuid, Path), ("format" = Option<String>, Query, description = "ndjson (default) | json | csv")),
-    responses((status = 200, description = "NDJSON lines, one JSON array, or CSV (nested values as compact JSON)"),
+    responses((status = 200, description = "NDJSON lines, one JSON array, or CSV (nested values as compact JSON; formula-like cells behind a `'`)",
+               headers(("Content-Disposition" = String, description = "attachment; filename=\"export-<id>.<format>\""))),
+              (status = 304, description = "not modified"),
               (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = ["read"])))]
 pub async fn download(
@@ -118,6 +187,7 @@ pub async fn download(
     _: CanRead,
     AppPath(id): AppPath<String>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref(), &["format"])?;
     let format = match params.choice("format", &["ndjson", "json", "csv"])?.as_deref() {
@@ -126,6 +196,10 @@ pub async fn download(
         _ => Format::Ndjson,
     };
     let export = load_export(&state, &id).await?;
+    let validators = completed_validators(&export, &format!("download?{}", q.as_deref().unwrap_or("")));
+    if let Some(v) = validators.as_ref().filter(|v| v.fresh(&headers)) {
+        return Ok(v.not_modified());
+    }
     if export.status != ExportStatus::Completed {
         return Err(ApiError::Conflict(format!(
             "export {} is {}; its result is complete only once completed",
@@ -146,7 +220,7 @@ pub async fn download(
         let mut csv = new_csv();
         match format {
             Format::Json => out.push(b'['),
-            Format::Csv => csv.write_record(columns.iter()).expect("csv to vec"),
+            Format::Csv => csv.write_record(columns.iter().cloned().map(csv_safe)).expect("csv to vec"),
             Format::Ndjson => {}
         }
         let mut first = true;
@@ -201,11 +275,13 @@ pub async fn download(
         Format::Csv => ("text/csv; charset=utf-8", "csv"),
     };
     let disposition = format!("attachment; filename=\"export-{export_id}.{extension}\"");
-    Ok((
+    let mut response = (
         [(header::CONTENT_TYPE, content_type.to_owned()), (header::CONTENT_DISPOSITION, disposition)],
         Body::from_stream(body),
     )
-        .into_response())
+        .into_response();
+    with_validators(&mut response, validators.as_ref());
+    Ok(response)
 }
 
 /// CSV columns: the requested fields, then each requested enrichment and `enrichment_error`.

@@ -471,7 +471,8 @@ impl Workers {
     /// writes call counts kept in memory while the database was down.
     async fn rescue(self, shutdown: CancellationToken) {
         let mut unreachable_at: Option<Instant> = None;
-        let mut tick = 1u64;
+        // Sweeps at start too: a replica that died mid-purge is usually the one restarting.
+        let mut tick = 0u64;
         loop {
             let trust_locks = unreachable_at.map_or(true, |t| t.elapsed() > OUTAGE_GRACE);
             match queue::rescue_abandoned(&self.pool, trust_locks).await {
@@ -491,7 +492,10 @@ impl Workers {
                 self.flush_unwritten().await;
             }
             if tick % ORPHAN_SWEEP_EVERY == 0 {
-                sweep_orphan_partitions(&self.pool).await;
+                if let Some(retention) = self.settings.export_retention {
+                    sweep_expired_exports(&self.pool, retention).await;
+                }
+                sweep_deleted_exports(&self.pool).await;
             }
             tick += 1;
             tokio::select! {
@@ -534,15 +538,44 @@ where
     }
 }
 
-/// Rescue passes between two sweeps for partitions of deleted exports.
+/// Rescue passes between two sweeps for what deleted exports left.
 const ORPHAN_SWEEP_EVERY: u64 = 60;
 
-/// Drops partitions whose export was deleted but whose drop was interrupted.
-async fn sweep_orphan_partitions(pool: &PgPool) {
-    let Ok(orphans) = db::profiles::orphan_partitions(pool).await else { return };
+/// Deletes finished exports older than the retention, as `DELETE /v1/exports/{id}` would. Replicas
+/// may sweep at once: each deletion locks its row and skips exports already gone.
+async fn sweep_expired_exports(pool: &PgPool, retention: Duration) {
+    loop {
+        let expired = match db::exports::expired(pool, retention, 100).await {
+            Ok(ids) => ids,
+            Err(e) => return tracing::warn!(error = %e, "looking for expired exports failed"),
+        };
+        let mut deleted = 0;
+        for export in &expired {
+            match db::exports::delete(pool, *export).await {
+                Ok(true) => {
+                    deleted += 1;
+                    metrics::counter!("exporter_exports_expired_total").increment(1);
+                    tracing::info!(%export, "export deleted: older than EXPORT_RETENTION");
+                    if let Err(e) = db::exports::purge(pool, *export).await {
+                        tracing::warn!(error = %e, %export, "purging an expired export failed; the sweeper retries");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => return tracing::warn!(error = %e, %export, "deleting an expired export failed"),
+            }
+        }
+        if expired.len() < 100 || deleted == 0 {
+            return;
+        }
+    }
+}
+
+/// Purges deleted exports whose purge was interrupted.
+async fn sweep_deleted_exports(pool: &PgPool) {
+    let Ok(orphans) = db::exports::unpurged(pool).await else { return };
     for export in orphans {
-        if let Err(e) = db::profiles::drop_partition(pool, export).await {
-            tracing::warn!(error = %e, %export, "dropping an orphaned partition failed");
+        if let Err(e) = db::exports::purge(pool, export).await {
+            tracing::warn!(error = %e, %export, "purging a deleted export failed");
         }
     }
 }

@@ -58,6 +58,10 @@ fn settings_for(database_url: &str, rate: f64) -> impl FnOnce(&Sim) -> Settings 
     move |sim| settings(sim, database_url, rate)
 }
 
+fn sha256_hex(token: &str) -> String {
+    auth0_exporter::config::token_digest(token).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Settings pointing at `sim` and `database_url`, with short queue timings for tests.
 pub fn settings(sim: &Sim, database_url: &str, rate: f64) -> Settings {
     let vars: HashMap<&str, String> = HashMap::from([
@@ -68,7 +72,8 @@ pub fn settings(sim: &Sim, database_url: &str, rate: f64) -> Settings {
         ("AUTH0_CLIENT_ID", "sim-client".into()),
         ("AUTH0_CLIENT_SECRET", "sim-secret".into()),
         ("AUTH0_RATE_LIMIT", rate.to_string()),
-        ("API_TOKENS", format!("writer:{WRITE_TOKEN}:read+write,reader:{READ_TOKEN}:read")),
+        // The reader's token is configured as its SHA-256, as a Secret would hold it.
+        ("API_TOKENS", format!("writer:{WRITE_TOKEN}:read+write,reader:sha256:{}:read", sha256_hex(READ_TOKEN))),
     ]);
     let mut s = Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings");
     s.worker.poll_interval_ms = 100;

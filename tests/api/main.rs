@@ -9,3 +9,4 @@ mod layout;
 mod proxy;
 mod reliability;
 mod requests;
+mod surface;
