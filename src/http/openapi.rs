@@ -8,8 +8,16 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{error::Problem, exports, health, profiles};
-use crate::model::{DEFAULT_FIELDS, FIELD_PATH_PATTERN, MAX_FIELDS, NOT_EXPORTABLE};
+use super::{
+    error::Problem,
+    exports, health,
+    params::{DEFAULT_LIMIT, MAX_LIMIT},
+    profiles,
+};
+use crate::{
+    db::exports::ExportStatus,
+    model::{DEFAULT_FIELDS, FIELD_PATH_PATTERN, MAX_FIELDS, NOT_EXPORTABLE},
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -50,6 +58,7 @@ pub fn document(tenants: &[String]) -> Value {
         }
     }
     add_conditional_parameters(&mut doc);
+    constrain_parameters(&mut doc);
     if let Some(body) = doc.pointer_mut("/paths/~1v1~1exports/post/requestBody") {
         *body = create_body(tenants);
     }
@@ -119,6 +128,43 @@ fn complete_operation(path: &str, method: &str, operation: &mut Value) {
         }
         if headers.is_empty() {
             response.remove("headers");
+        }
+    }
+}
+
+/// Text without NUL: Postgres cannot hold it, so such a value is a 400.
+const NO_NUL: &str = "^[^\\u0000]+$";
+
+/// The schema each parameter's validation enforces (src/http/params.rs, the handlers), so that
+/// every value the document allows is accepted and every other is a 400.
+fn parameter_schema(path: &str, name: &str) -> Option<Value> {
+    Some(match name {
+        "id" => json!({ "type": "string", "format": "uuid" }),
+        "limit" => json!({ "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT }),
+        "status" => json!({ "type": "string", "enum": ExportStatus::ALL.map(ExportStatus::as_str) }),
+        // Opaque: the `next_cursor` of the previous page (an export id when listing exports).
+        "cursor" if path == "/v1/exports" => json!({ "type": "string", "format": "uuid" }),
+        "cursor" => json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]+$" }),
+        "has_mfa" => json!({ "type": "boolean" }),
+        "format" => json!({ "type": "string", "enum": ["ndjson", "json", "csv"], "default": "ndjson" }),
+        "Idempotency-Key" => json!({ "type": "string", "pattern": "^[!-~]([ -~]{0,253}[!-~])?$" }),
+        "If-None-Match" | "If-Modified-Since" => return None,
+        _ => json!({ "type": "string", "minLength": 1, "pattern": NO_NUL }),
+    })
+}
+
+fn constrain_parameters(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else { continue };
+        for operation in item.values_mut() {
+            let Some(parameters) = operation.get_mut("parameters").and_then(Value::as_array_mut) else { continue };
+            for parameter in parameters {
+                let name = parameter["name"].as_str().unwrap_or_default().to_owned();
+                if let Some(schema) = parameter_schema(path, &name) {
+                    parameter["schema"] = schema;
+                }
+            }
         }
     }
 }

@@ -175,7 +175,40 @@ async fn openapi_and_metrics_describe_the_service() {
         "/openapi.json",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+        // Every error is a problem document; every route documents the 503 a database outage or
+        // a timeout gives, and secured routes their 401.
+        for (method, op) in doc["paths"][path].as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            assert!(responses.contains_key("503"), "{method} {path}: 503 undocumented");
+            assert_eq!(responses["503"]["headers"]["Retry-After"]["required"], true);
+            if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                assert!(responses.contains_key("401"), "{method} {path}: 401 undocumented");
+            }
+            for (status, response) in responses {
+                if status.as_str() >= "400" {
+                    assert!(
+                        response["content"]["application/problem+json"].is_object(),
+                        "{method} {path} {status}: {response}"
+                    );
+                }
+            }
+        }
     }
+    // The create body carries each field's bounds, as its validation enforces them.
+    let body = &doc["paths"]["/v1/exports"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(body["additionalProperties"], false);
+    assert_eq!(body["properties"]["tenant"]["enum"], json!(["sim", null]));
+    assert_eq!(body["properties"]["limit"]["minimum"], 1);
+    assert_eq!(body["properties"]["fields"]["maxItems"], 100);
+    assert_eq!(body["properties"]["fields"]["items"]["not"]["enum"][0], "blocked_for");
+    assert_eq!(body["properties"]["enrich"]["additionalProperties"], false);
+    let list = doc["paths"]["/v1/exports"]["get"]["parameters"].as_array().unwrap();
+    let status = list.iter().find(|p| p["name"] == "status").unwrap();
+    assert_eq!(status["schema"]["enum"].as_array().unwrap().len(), 5);
+    let page = doc["paths"]["/v1/exports/{id}/profiles"]["get"].clone();
+    assert!(page["responses"]["304"]["headers"]["ETag"].is_object());
+    assert!(page["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "If-None-Match"));
+
     let id = app.create_export(json!({"limit": 10})).await;
     app.wait_for(&id, "completed").await;
     let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
