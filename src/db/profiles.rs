@@ -25,6 +25,12 @@ impl ProfileRow {
     /// The exported object with every value's text unchanged, plus each fetched enrichment and
     /// any enrichment error.
     pub fn merged(&self) -> Box<RawValue> {
+        RawValue::from_string(self.merged_text()).expect("merging JSON texts gives JSON")
+    }
+
+    /// [`ProfileRow::merged`] as text, not parsed again: every piece is JSON already (stored
+    /// documents were checked on the way in), and pages and downloads serve a great many.
+    pub fn merged_text(&self) -> String {
         let error = self.enrichment_error.as_ref().map(|e| serde_json::to_string(e).expect("a string serialises"));
         let extra: Vec<(&str, &str)> = [
             ("roles", self.roles.as_deref()),
@@ -37,10 +43,9 @@ impl ProfileRow {
         .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect();
         if self.plain == Some(true) {
-            let text = splice(&self.document, &extra);
-            return RawValue::from_string(text).expect("splicing members into an object gives JSON");
+            return splice(&self.document, &extra);
         }
-        let text = match Entries::parse(&self.document) {
+        match Entries::parse(&self.document) {
             Ok(entries) => entries.merge(&extra),
             // Only objects are stored since the download checks; an older non-object row is wrapped.
             Err(_) => format!(
@@ -48,8 +53,7 @@ impl ProfileRow {
                 serde_json::to_string(&self.user_id).expect("a string serialises"),
                 self.document
             ),
-        };
-        RawValue::from_string(text).expect("merging JSON texts gives JSON")
+        }
     }
 }
 
@@ -61,8 +65,8 @@ impl ProfileRow {
         let (entries, from_columns) = match (self.plain, Entries::parse(&self.document)) {
             (Some(true), Ok(entries)) => (entries, true),
             _ => {
-                merged = self.merged();
-                (Entries::parse(merged.get()).expect("a merged profile is an object"), false)
+                merged = self.merged_text();
+                (Entries::parse(&merged).expect("a merged profile is an object"), false)
             }
         };
         columns

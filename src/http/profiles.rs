@@ -10,7 +10,6 @@ use axum::{
     Json,
 };
 use futures_util::{stream, StreamExt, TryStreamExt};
-use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
@@ -28,7 +27,8 @@ use crate::db::{
 };
 use crate::document::csv_safe;
 
-#[derive(Serialize, ToSchema)]
+/// A page of profiles (written by hand in [`list`]; this type documents its shape).
+#[derive(ToSchema)]
 pub struct ProfileList {
     /// Merged profiles: the exported user object plus `roles`, `authentication_methods`,
     /// `authenticators`, `enrollments` (those requested) and `enrichment_error` where set.
@@ -94,8 +94,20 @@ pub async fn list(
         load_export(&state, &id).await?;
     }
     let (rows, next_cursor) = finish_page(rows, limit, |r| r.user_id.clone());
-    let mut response =
-        Json(ProfileList { data: rows.iter().map(|r| r.merged()).collect(), next_cursor }).into_response();
+    // The page is written by hand: each merged profile is JSON text already, so it is copied,
+    // not parsed and serialised again.
+    let mut body = Vec::with_capacity(rows.iter().map(|r| r.document.len() + 256).sum::<usize>() + 64);
+    body.extend_from_slice(b"{\"data\":[");
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(row.merged_text().as_bytes());
+    }
+    body.extend_from_slice(b"],\"next_cursor\":");
+    serde_json::to_writer(&mut body, &next_cursor).map_err(anyhow::Error::from)?;
+    body.push(b'}');
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     with_validators(&mut response, validators.as_ref());
     Ok(response)
 }
@@ -236,14 +248,14 @@ pub async fn download(
             };
             match format {
                 Format::Ndjson => {
-                    out.extend_from_slice(row.merged().get().as_bytes());
+                    out.extend_from_slice(row.merged_text().as_bytes());
                     out.push(b'\n');
                 }
                 Format::Json => {
                     if !first {
                         out.push(b',');
                     }
-                    out.extend_from_slice(row.merged().get().as_bytes());
+                    out.extend_from_slice(row.merged_text().as_bytes());
                 }
                 Format::Csv => {
                     csv.write_record(row.csv_cells(&columns)).expect("csv to vec");
