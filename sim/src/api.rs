@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -34,7 +34,7 @@ pub async fn pipeline(State(st): State<Arc<AppState>>, req: Request, next: Next)
         let endpoint = USER_ENDPOINTS.iter().position(|t| *t == template).unwrap_or(USER_ENDPOINTS.len()) as u64;
         let endpoint = endpoint | if method == "GET" { 0 } else { 0x80 };
         // Unknown ids never answer 200, so they can share one slot.
-        let idx = st.tenant.index_of(&percent_decode(id)).map_or(u32::MAX as u64, u64::from);
+        let idx = st.overlay().index_of(&st.tenant, &percent_decode(id)).map_or(u32::MAX as u64, u64::from);
         (endpoint << 32) | idx
     });
     {
@@ -98,6 +98,15 @@ pub async fn pipeline(State(st): State<Arc<AppState>>, req: Request, next: Next)
     }
     decision.apply(resp.headers_mut());
     resp
+}
+
+/// `http://{Host header}` as the client reached the sim (e.g. behind docker networking), else its own URL.
+pub fn request_base(st: &AppState, headers: &HeaderMap) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| format!("http://{h}"))
+        .unwrap_or_else(|| st.base_url.clone())
 }
 
 /// Templates of the per-user endpoints, numbered for the repeated-call keys.

@@ -36,6 +36,7 @@ pub fn required_scopes(method: &str, template: &str) -> &'static [&'static [&'st
         ("GET", "/api/v2/users/{id}/authentication-methods") => &[&["read:authentication_methods"]],
         ("GET", "/api/v2/users/{id}/authenticators") => &[&["read:authentication_methods", "read:users"]],
         ("GET", "/api/v2/users/{id}/enrollments") => &[&["read:users", "read:current_user"]],
+        ("GET", "/api/v2/logs") | ("GET", "/api/v2/logs/{id}") => &[&["read:logs"]],
         _ => &[],
     }
 }
@@ -123,6 +124,7 @@ pub async fn token(State(st): State<Arc<AppState>>, headers: HeaderMap, body: By
         tokens.retain(|_, t| t.expires > now);
         tokens.insert(token.clone(), TokenInfo { expires: now + ttl, scopes: st.cfg.scopes.clone() });
     }
+    crate::records::token_granted(&st, audience);
     Json(json!({
         "access_token": token,
         "expires_in": ttl.as_secs(),

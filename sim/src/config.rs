@@ -30,6 +30,9 @@ pub struct Config {
     pub token_ttl: Duration,
     /// A download link answers 403 once this is over.
     pub link_ttl: Duration,
+    /// Tenant log records older than this are purged: GET /logs no longer serves them and a `from`
+    /// naming one answers 400 (Auth0 keeps logs for a period set by the subscription plan).
+    pub log_retention: Duration,
     /// Export job time = `job_base + users * job_per_user`.
     pub job_base: Duration,
     pub job_per_user: Duration,
@@ -52,6 +55,7 @@ impl Default for Config {
             tenant: "sim-tenant".into(),
             token_ttl: Duration::from_secs(86_400),
             link_ttl: Duration::from_secs(60),
+            log_retention: Duration::from_secs(86_400),
             job_base: Duration::from_secs(1),
             job_per_user: Duration::from_micros(20),
             faults: Faults::default(),
@@ -60,8 +64,10 @@ impl Default for Config {
 }
 
 /// The scopes auth0-exporter needs (AUTH0.md: exports and jobs `read:users`, roles `read:roles`, role
-/// members and user roles all of `read:users read:roles read:role_members`, MFA `read:authentication_methods`).
-pub const DEFAULT_SCOPES: [&str; 4] = ["read:users", "read:roles", "read:role_members", "read:authentication_methods"];
+/// members and user roles all of `read:users read:roles read:role_members`, MFA `read:authentication_methods`;
+/// tenant logs `read:logs`, per Auth0's get_logs reference).
+pub const DEFAULT_SCOPES: [&str; 5] =
+    ["read:users", "read:roles", "read:role_members", "read:authentication_methods", "read:logs"];
 
 impl Config {
     /// The burst matching a rate when none is given: the rate rounded up, at least 1.

@@ -267,17 +267,19 @@ impl Tenant {
 
     /// Whether the user holds the role (by role index).
     pub fn has_role(&self, idx: u32, role: u32) -> bool {
-        user_role_indexes(self.seed, idx as u64, self.roles.len() as u32).contains(&role)
+        self.role_indexes(idx).contains(&role)
     }
 
-    /// Roles of a user, sorted by name (the order the API and the truth use).
-    pub fn user_roles(&self, idx: u32) -> Vec<&Role> {
-        let mut out: Vec<&Role> = user_role_indexes(self.seed, idx as u64, self.roles.len() as u32)
-            .into_iter()
-            .map(|r| &self.roles[r as usize])
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+    /// Role indexes of a generated user, in role order.
+    pub fn role_indexes(&self, idx: u32) -> Vec<u32> {
+        user_role_indexes(self.seed, idx as u64, self.roles.len() as u32)
+    }
+
+    /// `(user_id, connection index)` the generator gives index `gen`, also past the tenant's users
+    /// (where added users come from: ids stay unique, the generator is a bijection).
+    pub fn generated(&self, gen: u64) -> (String, u8) {
+        let base = UserBase::new(self.seed, gen);
+        (base.user_id, base.conn)
     }
 
     /// Items of GET /users/{id}/authentication-methods, in API order.
@@ -516,7 +518,7 @@ fn user_metadata(rng: &mut Rng) -> Value {
     Value::Object(m)
 }
 
-const MFA_TYPES: [&str; 8] =
+pub const MFA_TYPES: [&str; 8] =
     ["totp", "phone", "email", "webauthn-platform", "webauthn-roaming", "push", "recovery-code", "passkey"];
 
 fn build_methods(tenant: &Tenant, idx: u64, base: &UserBase) -> Vec<Value> {
@@ -552,7 +554,7 @@ fn build_methods(tenant: &Tenant, idx: u64, base: &UserBase) -> Vec<Value> {
     out
 }
 
-fn method(rng: &mut Rng, ty: &str, confirmed: bool, t: i64, tenant: &str) -> Value {
+pub fn method(rng: &mut Rng, ty: &str, confirmed: bool, t: i64, tenant: &str) -> Value {
     let dev = format!("dev_{}", rng.alnum(16));
     let mut m = Map::new();
     m.insert("id".into(), json!(format!("{ty}|{dev}")));

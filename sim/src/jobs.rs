@@ -1,6 +1,6 @@
 //! Export jobs: POST /jobs/users-exports validation, GET /jobs/{id} lifecycle, signed links and the streamed gzip download.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 
 use crate::data::{self, mix};
 use crate::nasty::{self, RawUser};
+use crate::overlay::Overlay;
 use crate::{errors, lock, AppState};
 
 /// Fields exported when the job names none (the "complete profile" set of AUTH0.md §8).
@@ -332,6 +333,7 @@ pub async fn create(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     if job.fate == Fate::Complete {
         write_file(st.clone(), job.clone());
     }
+    crate::records::export_created(&st, &job.id, &body);
     lock(&st.jobs).insert(job.id.clone(), job);
     lock(&st.counters).stats.jobs_created += 1;
     (StatusCode::OK, Json(Value::Object(out))).into_response()
@@ -359,11 +361,7 @@ pub async fn get_job(State(st): State<Arc<AppState>>, Path(id): Path<String>, he
         out.insert("status_details".into(), json!("An internal error occurred while exporting users."));
     } else if over {
         out.insert("status".into(), json!("completed"));
-        let base = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(|h| format!("http://{h}"))
-            .unwrap_or_else(|| st.base_url.clone());
+        let base = crate::api::request_base(&st, &headers);
         out.insert("location".into(), json!(sign_location(&st, &base, &job)));
     } else if elapsed.as_secs_f64() < total * 0.2 {
         out.insert("location".into(), json!(""));
@@ -549,7 +547,8 @@ struct Export {
     format: Format,
     conn: Option<u8>,
     limit: u64,
-    deleted: HashSet<u32>,
+    /// The tenant as it was when the export started.
+    overlay: Arc<Overlay>,
     next: u64,
     emitted: u64,
     /// Cut the stream after this many users (fault injection).
@@ -562,16 +561,12 @@ struct Export {
 
 impl Export {
     fn new(st: Arc<AppState>, job: &Job, cut: bool) -> Export {
-        let deleted = st.deleted_snapshot();
+        let overlay = st.overlay();
         let conn = job.conn.map(|c| c as u8);
         let limit = job.limit.unwrap_or(u64::MAX);
         let cut_at = cut.then(|| {
-            let matching = st
-                .tenant
-                .conn
-                .iter()
-                .enumerate()
-                .filter(|(i, c)| conn.is_none_or(|k| **c == k) && !deleted.contains(&(*i as u32)))
+            let matching = (0..overlay.total())
+                .filter(|i| conn.is_none_or(|k| overlay.conn(&st.tenant, *i) == k) && !overlay.deleted.contains(i))
                 .count() as u64;
             matching.min(limit) / 2
         });
@@ -595,7 +590,7 @@ impl Export {
             format: job.format,
             conn,
             limit,
-            deleted,
+            overlay,
             next: 0,
             emitted: 0,
             cut_at,
@@ -638,15 +633,17 @@ impl Export {
             self.cut_at = None;
             return self.cut();
         }
-        let total = self.st.tenant.len();
+        let (st, overlay) = (self.st.clone(), self.overlay.clone());
+        let tenant = &st.tenant;
+        let total = overlay.total() as u64;
         let mut n = 0;
         while n < USERS_PER_CHUNK && self.next < total && self.emitted < self.limit {
             let idx = self.next as u32;
             self.next += 1;
-            if self.conn.is_some_and(|c| self.st.tenant.conn[idx as usize] != c) || self.deleted.contains(&idx) {
+            if self.conn.is_some_and(|c| overlay.conn(tenant, idx) != c) || overlay.deleted.contains(&idx) {
                 continue;
             }
-            let user = self.st.tenant.user_raw(idx);
+            let user = overlay.user_raw(tenant, idx);
             self.line.clear();
             match self.format {
                 Format::Json => json_line(&mut self.line, &user, &self.fields),

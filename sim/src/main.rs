@@ -34,7 +34,7 @@ struct Args {
     /// Exact audience to require; by default `http://{host}:{port}/api/v2/` (as reached: Host header).
     #[arg(long, env = "SIM_AUDIENCE")]
     audience: Option<String>,
-    /// Scopes of the client grant (space- or comma-separated); default the four the exporter needs.
+    /// Scopes of the client grant (space- or comma-separated); default the five the exporter needs.
     #[arg(long, env = "SIM_SCOPES")]
     scopes: Option<String>,
     #[arg(long, env = "SIM_TENANT", default_value = "sim-tenant")]
@@ -43,6 +43,9 @@ struct Args {
     token_ttl_secs: u64,
     #[arg(long, env = "SIM_LINK_TTL_SECS", default_value_t = 60)]
     link_ttl_secs: u64,
+    /// Tenant log records older than this are purged.
+    #[arg(long, env = "SIM_LOG_RETENTION_SECS", default_value_t = 86_400)]
+    log_retention_secs: u64,
     #[arg(long, env = "SIM_JOB_BASE_MS", default_value_t = 1000)]
     job_base_ms: u64,
     #[arg(long, env = "SIM_JOB_PER_USER_US", default_value_t = 20)]
@@ -111,6 +114,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tenant: a.tenant,
         token_ttl: Duration::from_secs(a.token_ttl_secs),
         link_ttl: Duration::from_secs(a.link_ttl_secs),
+        log_retention: Duration::from_secs(a.log_retention_secs),
         job_base: Duration::from_millis(a.job_base_ms),
         job_per_user: Duration::from_micros(a.job_per_user_us),
         faults: Faults {

@@ -245,7 +245,6 @@ fn object_members(text: &str) -> Option<Vec<(String, &RawValue)>> {
 }
 
 /// The top-level `(key, JSON text)` pairs of a JSON object text, in text order.
-#[cfg(test)]
 pub fn top_level(text: &str) -> Option<Vec<(String, &str)>> {
     Some(object_members(text)?.into_iter().map(|(k, v)| (k, v.get())).collect())
 }

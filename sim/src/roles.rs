@@ -11,6 +11,7 @@ use base64::Engine;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{json, Value};
 
+use crate::overlay::Overlay;
 use crate::paging::{self, Paging};
 use crate::{errors, AppState};
 
@@ -45,13 +46,12 @@ pub async fn users(
     let Some(role) = st.tenant.roles.iter().position(|r| r.id == id) else {
         return errors::role_not_found();
     };
-    let deleted = st.deleted.read().unwrap_or_else(|e| e.into_inner());
-    // Paged in place: a role with hundreds of thousands of members costs only its page per request.
-    let all = &st.tenant.members[role];
-    let live = |(_, idx): &&(i64, u32)| !deleted.contains(idx);
+    // Paged in place (generated members merged with later changes): a role with hundreds of
+    // thousands of members costs only its page per request.
+    let o = st.overlay();
     // `take` (or `from`) selects checkpoint paging, whatever else is sent.
     if q.contains_key("take") || q.contains_key("from") {
-        return checkpoint(&st, all, &live, &q);
+        return checkpoint(&st, &o, role, &q);
     }
     let p = match Paging::parse(&q, 1) {
         Ok(p) => p,
@@ -67,38 +67,29 @@ pub async fn users(
             None,
         );
     }
-    let page: Vec<Value> = all
-        .iter()
-        .filter(live)
+    let page: Vec<Value> = o
+        .members(&st.tenant, role, None)
         .skip(p.start() as usize)
         .take(p.per_page as usize)
-        .map(|(_, idx)| role_user(&st, *idx))
+        .map(|(_, idx)| role_user(&st, &o, idx))
         .collect();
     if p.include_totals {
-        let gone = deleted.iter().filter(|idx| st.tenant.has_role(**idx, role as u32)).count();
-        let total = all.len() - gone;
+        let total = o.member_total(&st.tenant, role);
         Json(json!({"start": p.start(), "limit": p.per_page, "total": total, "users": page})).into_response()
     } else {
         Json(page).into_response()
     }
 }
 
-fn checkpoint(
-    st: &AppState,
-    members: &[(i64, u32)],
-    live: &dyn Fn(&&(i64, u32)) -> bool,
-    q: &paging::Query,
-) -> Response {
+fn checkpoint(st: &AppState, o: &Overlay, role: usize, q: &paging::Query) -> Response {
     let take = match paging::int_param(q, "take", 1, 100, "Number of results per page. Defaults to 50") {
         Ok(t) => t.unwrap_or(50) as usize,
         Err(r) => return r,
     };
-    let start = match q.get("from").filter(|f| !f.is_empty()) {
-        None => 0,
+    let cursor = match q.get("from").filter(|f| !f.is_empty()) {
+        None => None,
         Some(from) => match decode_cursor(from) {
-            Some((t, uid)) => {
-                members.partition_point(|(mt, idx)| (*mt, &*st.tenant.ids[*idx as usize]) <= (t, uid.as_str()))
-            }
+            Some(c) => Some(c),
             None => {
                 return errors::invalid_query(
                     "'Invalid checkpoint' on property from (Optional Id from which to start selection.)",
@@ -106,27 +97,22 @@ fn checkpoint(
             }
         },
     };
-    let mut users = Vec::with_capacity(take);
-    let mut last = None;
-    let mut end = start;
-    while end < members.len() && users.len() < take {
-        let m = &members[end];
-        end += 1;
-        if live(&m) {
-            users.push(role_user(st, m.1));
-            last = Some(*m);
-        }
-    }
+    let after = cursor.as_ref().map(|(t, uid)| (*t, uid.as_str()));
+    // One past the page tells whether a next page exists.
+    let mut members: Vec<(i64, u32)> = o.members(&st.tenant, role, after).take(take + 1).collect();
+    let more = members.len() > take;
+    members.truncate(take);
+    let users: Vec<Value> = members.iter().map(|(_, idx)| role_user(st, o, *idx)).collect();
     let mut body = json!({ "users": users });
-    if let Some((t, idx)) = last.filter(|_| members[end..].iter().any(|m| live(&m))) {
-        body["next"] = json!(encode_cursor(t, &st.tenant.ids[idx as usize]));
+    if let Some((t, idx)) = members.last().filter(|_| more) {
+        body["next"] = json!(encode_cursor(*t, o.user_id(&st.tenant, *idx)));
     }
     Json(body).into_response()
 }
 
 /// The member view: four top-level fields read from the exact user text (no full parse of the user).
-fn role_user(st: &AppState, idx: u32) -> Value {
-    let raw = st.tenant.user_raw(idx);
+fn role_user(st: &AppState, o: &Overlay, idx: u32) -> Value {
+    let raw = o.user_raw(&st.tenant, idx);
     let field = |key: &str| -> Option<Value> {
         raw.iter().find(|(k, _)| k == key).and_then(|(_, v)| serde_json::from_str(v).ok())
     };

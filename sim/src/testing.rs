@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +13,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::jobs::{default_fields, export_pairs, write_object};
+use crate::mutate::{self, MutationError, Via};
+use crate::overlay::Overlay;
 use crate::{data, lock, AppState, Faults};
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -78,6 +80,19 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/__sim/revoke-tokens", post(revoke))
         .route("/__sim/truth", get(truth_ndjson))
         .route("/__sim/truth/{id}", get(truth_one))
+        .route("/__sim/users", post(add_user))
+        .route("/__sim/users/{id}/mfa", post(enroll))
+        .route("/__sim/users/{id}/mfa/remove", post(unenroll))
+        .route("/__sim/users/{id}/mfa/rename", post(rename))
+        .route("/__sim/users/{id}/roles/assign", post(assign))
+        .route("/__sim/users/{id}/roles/remove", post(unassign))
+        .route("/__sim/users/{id}/profile", post(profile))
+        .route("/__sim/guardian/factors/{factor}", post(factor))
+        .route("/__sim/import", post(import))
+        .route("/__sim/mutate", post(mutate_random))
+        .route("/__sim/logs", get(all_logs))
+        .route("/__sim/logs/noise", post(noise))
+        .route("/__sim/logs/age", post(age))
 }
 
 async fn stats(State(st): State<Arc<AppState>>) -> Json<Stats> {
@@ -100,7 +115,7 @@ async fn get_faults(State(st): State<Arc<AppState>>) -> Json<Faults> {
 }
 
 async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    if delete_user(&st, &id) {
+    if crate::mutate::delete_user(&st, &id) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         (StatusCode::NOT_FOUND, Json(json!({"deleted": false}))).into_response()
@@ -119,28 +134,27 @@ async fn revoke(State(st): State<Arc<AppState>>) -> StatusCode {
 }
 
 async fn truth_one(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match st.live_user(&id) {
-        Some(idx) => ([(header::CONTENT_TYPE, "application/json")], truth_line(&st, idx)).into_response(),
+    let o = st.overlay();
+    match o.live_index(&st.tenant, &id) {
+        Some(idx) => ([(header::CONTENT_TYPE, "application/json")], truth_line(&st, &o, idx)).into_response(),
         None => crate::errors::user_not_found(),
     }
 }
 
 /// Streamed in chunks so big tenants do not build the whole body.
 async fn truth_ndjson(State(st): State<Arc<AppState>>) -> Response {
+    let o = st.overlay();
+    let sorted: Arc<Vec<u32>> = Arc::new(o.sorted_live(&st.tenant).collect());
     let stream = futures_util::stream::unfold(0usize, move |pos| {
-        let st = st.clone();
+        let (st, o, sorted) = (st.clone(), o.clone(), sorted.clone());
         async move {
-            let sorted = &st.tenant.sorted;
             if pos >= sorted.len() {
                 return None;
             }
             let end = (pos + 200).min(sorted.len());
             let mut buf = Vec::new();
             for idx in &sorted[pos..end] {
-                if st.is_deleted(*idx) {
-                    continue;
-                }
-                buf.extend_from_slice(truth_line(&st, *idx).as_bytes());
+                buf.extend_from_slice(truth_line(&st, &o, *idx).as_bytes());
                 buf.push(b'\n');
             }
             Some((Ok::<_, std::io::Error>(buf), end))
@@ -149,21 +163,14 @@ async fn truth_ndjson(State(st): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
 }
 
-pub fn delete_user(st: &AppState, user_id: &str) -> bool {
-    match st.tenant.index_of(user_id) {
-        Some(idx) => st.deleted.write().unwrap_or_else(|e| e.into_inner()).insert(idx),
-        None => false,
-    }
-}
-
 /// The default-field export object exactly as in the export file, plus roles and every MFA view.
-pub fn truth_line(st: &AppState, idx: u32) -> String {
-    let user = st.tenant.user_raw(idx);
+pub fn truth_line(st: &AppState, o: &Overlay, idx: u32) -> String {
+    let user = o.user_raw(&st.tenant, idx);
     let fields = default_fields();
-    let methods = st.tenant.auth_methods(idx);
+    let methods = o.methods(&st.tenant, idx);
     let text = |v: Value| v.to_string();
     let more = [
-        ("roles", text(json!(st.tenant.user_roles(idx)))),
+        ("roles", text(json!(o.user_roles(&st.tenant, idx)))),
         ("authentication_methods", text(Value::Array(methods.clone()))),
         ("authenticators", text(json!(data::authenticators(&methods)))),
         ("enrollments", text(json!(data::enrollments(&methods)))),
@@ -174,18 +181,160 @@ pub fn truth_line(st: &AppState, idx: u32) -> String {
 }
 
 /// Lossy view of a truth line (big numbers become floats).
-pub fn truth_of(st: &AppState, idx: u32) -> Value {
-    serde_json::from_str(&truth_line(st, idx)).unwrap_or(Value::Null)
-}
-
-fn live_sorted(st: &AppState) -> impl Iterator<Item = u32> + '_ {
-    st.tenant.sorted.iter().copied().filter(|idx| !st.is_deleted(*idx))
+fn truth_of(st: &AppState, o: &Overlay, idx: u32) -> Value {
+    serde_json::from_str(&truth_line(st, o, idx)).unwrap_or(Value::Null)
 }
 
 pub fn truth_all(st: &AppState) -> Vec<Value> {
-    live_sorted(st).map(|idx| truth_of(st, idx)).collect()
+    let o = st.overlay();
+    o.sorted_live(&st.tenant).map(|idx| truth_of(st, &o, idx)).collect()
 }
 
 pub fn truth_lines(st: &AppState) -> Vec<String> {
-    live_sorted(st).map(|idx| truth_line(st, idx)).collect()
+    let o = st.overlay();
+    o.sorted_live(&st.tenant).map(|idx| truth_line(st, &o, idx)).collect()
+}
+
+// ---- mutations (see `mutate`): JSON bodies, every field optional unless said ----
+
+/// The body as `T`; an empty body is `T::default()`.
+fn body<T: serde::de::DeserializeOwned + Default>(raw: &[u8]) -> Result<T, Response> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(raw)
+        .map_err(|e| (StatusCode::BAD_REQUEST, Json(json!({"error": format!("bad body: {e}")}))).into_response())
+}
+
+fn failed(e: MutationError) -> Response {
+    let status = match e {
+        MutationError::UnknownUser(_) | MutationError::UnknownRole(_) => StatusCode::NOT_FOUND,
+        MutationError::Invalid(_) => StatusCode::BAD_REQUEST,
+    };
+    (status, Json(json!({"error": e.to_string()}))).into_response()
+}
+
+fn done<T>(r: Result<T, MutationError>, ok: impl FnOnce(T) -> Response) -> Response {
+    r.map_or_else(failed, ok)
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Change {
+    via: Option<Via>,
+    #[serde(rename = "type")]
+    factor: Option<String>,
+    method_id: Option<String>,
+    name: Option<String>,
+    role_id: Option<String>,
+}
+
+macro_rules! parse {
+    ($raw:expr) => {
+        match body($raw) {
+            Ok(b) => b,
+            Err(r) => return r,
+        }
+    };
+}
+
+async fn add_user(State(st): State<Arc<AppState>>, raw: Bytes) -> Response {
+    let c: Change = parse!(&raw);
+    done(mutate::add_user(&st, c.via.unwrap_or(Via::User)), |id| {
+        (StatusCode::CREATED, Json(json!({"user_id": id}))).into_response()
+    })
+}
+
+async fn enroll(State(st): State<Arc<AppState>>, Path(id): Path<String>, raw: Bytes) -> Response {
+    let c: Change = parse!(&raw);
+    let factor = c.factor.as_deref().unwrap_or("totp");
+    done(mutate::enroll_mfa(&st, &id, factor, c.via.unwrap_or(Via::User)), |m| {
+        (StatusCode::CREATED, Json(json!({"id": m}))).into_response()
+    })
+}
+
+async fn unenroll(State(st): State<Arc<AppState>>, Path(id): Path<String>, raw: Bytes) -> Response {
+    let c: Change = parse!(&raw);
+    done(mutate::remove_mfa(&st, &id, c.method_id.as_deref(), c.via.unwrap_or(Via::User)), |m| {
+        Json(json!({"id": m})).into_response()
+    })
+}
+
+async fn rename(State(st): State<Arc<AppState>>, Path(id): Path<String>, raw: Bytes) -> Response {
+    let c: Change = parse!(&raw);
+    let via = c.via.unwrap_or(Via::User);
+    done(mutate::rename_mfa(&st, &id, c.method_id.as_deref(), c.name.as_deref(), via), |m| {
+        Json(json!({"id": m})).into_response()
+    })
+}
+
+async fn assign(State(st): State<Arc<AppState>>, Path(id): Path<String>, raw: Bytes) -> Response {
+    let c: Change = parse!(&raw);
+    let role = c.role_id.unwrap_or_default();
+    done(mutate::set_role(&st, &id, &role, true, c.via.unwrap_or(Via::ManagementApi)), |()| {
+        StatusCode::NO_CONTENT.into_response()
+    })
+}
+
+async fn unassign(State(st): State<Arc<AppState>>, Path(id): Path<String>, raw: Bytes) -> Response {
+    let c: Change = parse!(&raw);
+    let role = c.role_id.unwrap_or_default();
+    done(mutate::set_role(&st, &id, &role, false, c.via.unwrap_or(Via::ManagementApi)), |()| {
+        StatusCode::NO_CONTENT.into_response()
+    })
+}
+
+/// Body: the patch object itself (`{"name": "x", "user_metadata": {"k": null}}`).
+async fn profile(State(st): State<Arc<AppState>>, Path(id): Path<String>, raw: Bytes) -> Response {
+    let patch: serde_json::Map<String, Value> = parse!(&raw);
+    done(mutate::update_profile(&st, &id, &patch), |()| StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Knobs {
+    enabled: bool,
+    users: usize,
+    share: f64,
+    seed: u64,
+    n: usize,
+    secs: u64,
+}
+
+async fn factor(State(st): State<Arc<AppState>>, Path(factor): Path<String>, raw: Bytes) -> Response {
+    let k: Knobs = parse!(&raw);
+    done(mutate::set_mfa_factor(&st, &factor, k.enabled), |()| StatusCode::NO_CONTENT.into_response())
+}
+
+async fn import(State(st): State<Arc<AppState>>, raw: Bytes) -> Response {
+    let k: Knobs = parse!(&raw);
+    done(mutate::import_users(&st, k.users), |ids| {
+        (StatusCode::CREATED, Json(json!({"user_ids": ids}))).into_response()
+    })
+}
+
+async fn mutate_random(State(st): State<Arc<AppState>>, raw: Bytes) -> Response {
+    let k: Knobs = parse!(&raw);
+    let st2 = st.clone();
+    // A share of a million users takes a while: off the async workers.
+    match tokio::task::spawn_blocking(move || mutate::mutate_random(&st2, k.share, k.seed)).await {
+        Ok(m) => Json(m).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
+    }
+}
+
+async fn all_logs(State(st): State<Arc<AppState>>) -> Json<Vec<Value>> {
+    Json(lock(&st.logs).all(crate::config::unix_ms() as i64))
+}
+
+async fn noise(State(st): State<Arc<AppState>>, raw: Bytes) -> Response {
+    let k: Knobs = parse!(&raw);
+    mutate::log_noise(&st, k.n.min(100_000));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn age(State(st): State<Arc<AppState>>, raw: Bytes) -> Response {
+    let k: Knobs = parse!(&raw);
+    lock(&st.logs).age(k.secs.saturating_mul(1000).min(i64::MAX as u64) as i64);
+    StatusCode::NO_CONTENT.into_response()
 }

@@ -9,11 +9,15 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::jobs::write_object;
+use crate::overlay::Overlay;
 use crate::paging::{self, Paging};
 use crate::{data, errors, AppState};
 
-fn find(st: &AppState, id: &str) -> Result<u32, Response> {
-    st.live_user(id).ok_or_else(errors::user_not_found)
+/// The live user's index, with the tenant state it was found in.
+fn find(st: &AppState, id: &str) -> Result<(Arc<Overlay>, u32), Response> {
+    let o = st.overlay();
+    let idx = o.live_index(&st.tenant, id).ok_or_else(errors::user_not_found)?;
+    Ok((o, idx))
 }
 
 /// The user object as exact JSON text; `fields` (comma-separated) with `include_fields` (default true)
@@ -23,7 +27,7 @@ pub async fn get_user(
     Path(id): Path<String>,
     Query(q): Query<paging::Query>,
 ) -> Response {
-    let idx = match find(&st, &id) {
+    let (o, idx) = match find(&st, &id) {
         Ok(i) => i,
         Err(r) => return r,
     };
@@ -37,7 +41,7 @@ pub async fn get_user(
     };
     let fields: Option<Vec<&str>> =
         q.get("fields").filter(|f| !f.is_empty()).map(|f| f.split(',').map(str::trim).collect());
-    let user = st.tenant.user_raw(idx);
+    let user = o.user_raw(&st.tenant, idx);
     let pairs: Vec<(&str, &str)> = user
         .iter()
         .filter(|(k, _)| fields.as_ref().is_none_or(|f| f.contains(&k.as_str()) == include))
@@ -53,7 +57,7 @@ pub async fn roles(
     Path(id): Path<String>,
     Query(q): Query<paging::Query>,
 ) -> Response {
-    let idx = match find(&st, &id) {
+    let (o, idx) = match find(&st, &id) {
         Ok(i) => i,
         Err(r) => return r,
     };
@@ -61,7 +65,7 @@ pub async fn roles(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let all = st.tenant.user_roles(idx);
+    let all = o.user_roles(&st.tenant, idx);
     let page = p.slice(&all);
     if p.include_totals {
         Json(json!({"roles": page, "start": p.start(), "limit": p.per_page, "total": all.len()})).into_response()
@@ -75,7 +79,7 @@ pub async fn authentication_methods(
     Path(id): Path<String>,
     Query(q): Query<paging::Query>,
 ) -> Response {
-    let idx = match find(&st, &id) {
+    let (o, idx) = match find(&st, &id) {
         Ok(i) => i,
         Err(r) => return r,
     };
@@ -83,7 +87,7 @@ pub async fn authentication_methods(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let all = st.tenant.auth_methods(idx);
+    let all = o.methods(&st.tenant, idx);
     let page = p.slice(&all);
     if !p.include_totals {
         return Json(page).into_response();
@@ -98,14 +102,14 @@ pub async fn authentication_methods(
 
 pub async fn authenticators(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match find(&st, &id) {
-        Ok(idx) => Json(Value::Array(data::authenticators(&st.tenant.auth_methods(idx)))).into_response(),
+        Ok((o, idx)) => Json(Value::Array(data::authenticators(&o.methods(&st.tenant, idx)))).into_response(),
         Err(r) => r,
     }
 }
 
 pub async fn enrollments(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match find(&st, &id) {
-        Ok(idx) => Json(Value::Array(data::enrollments(&st.tenant.auth_methods(idx)))).into_response(),
+        Ok((o, idx)) => Json(Value::Array(data::enrollments(&o.methods(&st.tenant, idx)))).into_response(),
         Err(r) => r,
     }
 }

@@ -747,3 +747,542 @@ async fn scopes_are_enforced() {
     let (s, v) = get(&c, &tok, format!("{base}/api/v2/jobs/job_AAAAAAAAAAAAAAAA")).await;
     assert_eq!((s, v), (403, denied("create:users,read:users")));
 }
+
+// ---- tenant logs and mutations ----
+
+/// `(status, Link header, body)` of an authorised GET.
+async fn get_linked(c: &reqwest::Client, tok: &str, url: &str) -> (u16, Option<String>, Value) {
+    let r = c.get(url).bearer_auth(tok).send().await.unwrap();
+    let s = r.status().as_u16();
+    let link = r.headers().get("link").map(|v| v.to_str().unwrap().to_string());
+    (s, link, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The URL inside `<...>; rel="next"`.
+fn next_url(link: &str) -> String {
+    assert!(link.ends_with(">; rel=\"next\""), "{link}");
+    link.trim_start_matches('<').split('>').next().unwrap().to_string()
+}
+
+fn ids(records: &[Value]) -> Vec<String> {
+    records.iter().map(|r| r["log_id"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn logs_checkpoint_paging_and_retention() {
+    let sim = start(fast(50)).await;
+    let c = reqwest::Client::new();
+    let base = sim.base_url();
+    let tok = token(&c, &base).await;
+    sim.log_noise(230);
+    let all = sim.logs();
+    assert!(all.len() > 250, "{}", all.len());
+    let all_ids = ids(&all);
+    assert!(all_ids.windows(2).all(|w| w[0] < w[1]), "log_ids strictly increase");
+    assert!(all_ids.iter().all(|id| id.len() >= 24 && id.bytes().all(|b| b.is_ascii_digit())));
+    // Noise of several kinds, and the exporter's own token request.
+    let types: std::collections::BTreeSet<&str> = all.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert!(types.len() >= 4 && types.contains("seccft"), "{types:?}");
+    for r in &all {
+        for k in ["log_id", "date", "type", "description", "client_id", "ip", "details"] {
+            assert!(r.get(k).is_some(), "{k} missing in {r}");
+        }
+        assert!(r["date"].as_str().unwrap().ends_with('Z') && r["date"].as_str().unwrap().len() == 24);
+    }
+
+    // The newest record is the checkpoint a client starts from.
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/logs?per_page=1&sort=date:-1")).await;
+    assert_eq!(s, 200);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["log_id"], *all_ids.last().unwrap());
+    let (_, v) = get(&c, &tok, format!("{base}/api/v2/logs?per_page=3&sort=date:1&include_totals=true")).await;
+    assert_eq!(v["total"], all.len());
+    assert_eq!(v["length"], 3);
+    assert_eq!(ids(v["logs"].as_array().unwrap()), all_ids[..3]);
+    let (_, v) = get(&c, &tok, format!("{base}/api/v2/logs?per_page=10&page=1")).await;
+    let newest: Vec<String> = all_ids.iter().rev().skip(10).take(10).cloned().collect();
+    assert_eq!(ids(v.as_array().unwrap()), newest);
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/logs?sort=name:1")).await.0, 400);
+
+    // Checkpoint paging from a record: every later record exactly once, in order, following Link.
+    let from = &all_ids[4];
+    let mut url = format!("{base}/api/v2/logs?from={from}&take=100");
+    let mut walked = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (s, link, v) = get_linked(&c, &tok, &url).await;
+        assert_eq!(s, 200, "{v}");
+        let page = v.as_array().unwrap();
+        assert!(page.len() <= 100);
+        let link = link.expect("a Link header on every checkpoint page");
+        let next = next_url(&link);
+        assert!(next.starts_with(&format!("{base}/api/v2/logs?from=")) && next.ends_with("&take=100"), "{next}");
+        if page.is_empty() {
+            // Caught up: the next URL is this one again.
+            assert_eq!(next, url);
+            break;
+        }
+        assert_eq!(
+            next,
+            format!("{base}/api/v2/logs?from={}&take=100", page.last().unwrap()["log_id"].as_str().unwrap())
+        );
+        walked.extend(ids(page));
+        url = next;
+        pages += 1;
+    }
+    assert_eq!(pages, (all_ids.len() - 5).div_ceil(100));
+    assert_eq!(walked, all_ids[5..]);
+    // `take` alone starts at the oldest retained record; other parameters are ignored.
+    let (_, link, v) = get_linked(&c, &tok, &format!("{base}/api/v2/logs?take=7&per_page=1&sort=date:-1")).await;
+    assert_eq!(ids(v.as_array().unwrap()), all_ids[..7]);
+    assert!(link.unwrap().contains(&format!("from={}&take=7", all_ids[6])));
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/logs?from={from}&take=101")).await.0, 400);
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/logs?from={from}&take=0")).await.0, 400);
+
+    // One record by id; unknown ids.
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/logs/{}", all_ids[9])).await;
+    assert_eq!(s, 200);
+    assert_eq!(v, all[9]);
+    let unknown = format!("901{}", &all_ids[0][3..]);
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/logs/{unknown}")).await;
+    assert_eq!(s, 404);
+    assert_eq!(v["statusCode"], 404);
+    assert_eq!(v["error"], "Not Found");
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/logs?from={unknown}&take=10")).await;
+    assert_eq!(s, 400);
+    assert_eq!(v["errorCode"], "invalid_query_string");
+    assert!(v["message"].as_str().unwrap().contains("invalid"), "{v}");
+
+    // Retention: aged past it, old checkpoints answer 400 and their records 404.
+    sim.age_logs(86_400 + 60);
+    sim.log_noise(3);
+    let (s, v) = get(&c, &tok, format!("{base}/api/v2/logs?from={}&take=10", all_ids.last().unwrap())).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["statusCode"], 400);
+    assert_eq!(v["error"], "Bad Request");
+    assert_eq!(v["errorCode"], "invalid_query_string");
+    assert!(v["message"].as_str().unwrap().contains("too old"), "{v}");
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/logs/{}", all_ids[9])).await.0, 404);
+    let fresh = sim.logs();
+    assert_eq!(fresh.len(), 3);
+    assert!(fresh[0]["log_id"].as_str().unwrap() > all_ids.last().unwrap().as_str());
+    let (_, v) = get(&c, &tok, format!("{base}/api/v2/logs?take=100")).await;
+    assert_eq!(v, Value::Array(fresh.clone()));
+    // Aging less than the retention keeps records.
+    sim.age_logs(3600);
+    assert_eq!(sim.logs().len(), 3);
+
+    assert!(sim.stats().by_endpoint["GET /api/v2/logs"] > 5);
+    assert_eq!(sim.stats().by_endpoint["GET /api/v2/logs/{id}"], 3);
+
+    // The scope.
+    let limited = start(Config { scopes: vec!["read:users".into()], ..fast(5) }).await;
+    let tok = token(&c, &limited.base_url()).await;
+    let (s, v) = get(&c, &tok, format!("{}/api/v2/logs?take=1", limited.base_url())).await;
+    assert_eq!((s, v["errorCode"].as_str()), (403, Some("insufficient_scope")));
+}
+
+/// Records written since `before` (a count of `sim.logs()`), skipping unrelated noise.
+fn new_records(sim: &Sim, before: usize) -> Vec<Value> {
+    const NOISE: [&str; 5] = ["s", "seacft", "fp", "slo", "seccft"];
+    sim.logs()[before..].iter().filter(|r| !NOISE.contains(&r["type"].as_str().unwrap())).cloned().collect()
+}
+
+fn truth_of(sim: &Sim, id: &str) -> Option<Value> {
+    sim.truth().into_iter().find(|u| u["user_id"] == id)
+}
+
+/// Asserts the export (default fields, JSON) equals the truth minus enrichment, exactly as text.
+async fn export_equals_truth(c: &reqwest::Client, sim: &Sim, tok: &str) -> usize {
+    let raw = String::from_utf8(export(c, sim, tok, json!({"format": "json"})).await).unwrap();
+    let mut lines: Vec<&str> = raw.split('\n').filter(|l| !l.is_empty()).collect();
+    let id_of = |l: &str| serde_json::from_str::<Value>(l).unwrap()["user_id"].as_str().unwrap().to_string();
+    lines.sort_by_key(|l| id_of(l));
+    let truth = sim.truth_lines();
+    assert_eq!(lines.len(), truth.len());
+    for (line, t) in lines.iter().zip(&truth) {
+        let mut tp = raw_pairs(t);
+        for k in ["roles", "authentication_methods", "authenticators", "enrollments"] {
+            tp.remove(k);
+        }
+        assert_eq!(raw_pairs(line), tp, "{}", id_of(line));
+    }
+    lines.len()
+}
+
+#[tokio::test]
+async fn mutations_show_everywhere_and_log() {
+    use auth0_sim::Via;
+    let sim = start(fast(300)).await;
+    let c = reqwest::Client::new();
+    let base = sim.base_url();
+    let tok = token(&c, &base).await;
+    let truth = sim.truth();
+    let uid = |pred: &dyn Fn(&Value) -> bool| -> String {
+        truth.iter().find(|u| pred(u)).unwrap()["user_id"].as_str().unwrap().to_string()
+    };
+    let views = |id: String| {
+        let (c, tok, base) = (c.clone(), tok.clone(), base.clone());
+        async move {
+            let e = enc(&id);
+            let mut out = Vec::new();
+            for p in ["authentication-methods", "authenticators", "enrollments", "roles"] {
+                let (s, v) = get(&c, &tok, format!("{base}/api/v2/users/{e}/{p}")).await;
+                assert_eq!(s, 200, "{p} {v}");
+                out.push(v);
+            }
+            out
+        }
+    };
+    // Per-user endpoints == truth for this user.
+    let check = |id: String| {
+        let views = views(id.clone());
+        let t = truth_of(&sim, &id).unwrap();
+        async move {
+            let v = views.await;
+            assert_eq!(v[0], t["authentication_methods"]);
+            assert_eq!(v[1], t["authenticators"]);
+            assert_eq!(v[2], t["enrollments"]);
+            assert_eq!(v[3], t["roles"]);
+            t
+        }
+    };
+
+    // 1. Enrol: gd_enrollment_complete with the user; the factor everywhere; multifactor set.
+    let plain = uid(&|u| u["authentication_methods"].as_array().unwrap().iter().all(|m| m["type"] == "password"));
+    let n = sim.logs().len();
+    let mid = sim.enroll_mfa(&plain, "totp", Via::User).unwrap();
+    let recs = new_records(&sim, n);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["type"], "gd_enrollment_complete");
+    assert_eq!(recs[0]["user_id"], plain.as_str());
+    assert_eq!(recs[0]["details"]["authenticator"]["id"], mid.as_str());
+    assert_eq!(recs[0]["details"]["enrollment"]["user_id"], plain.as_str());
+    let t = check(plain.clone()).await;
+    let m = t["authentication_methods"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (m["id"].as_str(), m["type"].as_str(), &m["confirmed"]),
+        (Some(mid.as_str()), Some("totp"), &json!(true))
+    );
+    assert_eq!(t["enrollments"][0]["id"], mid.split_once('|').unwrap().1);
+    assert_eq!(t["multifactor"], json!(["guardian"]));
+    assert!(t["multifactor_last_modified"].as_str().unwrap() > "2025");
+    // Via the Management API: sapi, the user only in the path. Over HTTP this time.
+    let n = sim.logs().len();
+    let r = c
+        .post(format!("{base}/__sim/users/{}/mfa", enc(&plain)))
+        .json(&json!({"type": "phone", "via": "management_api"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let phone = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let recs = new_records(&sim, n);
+    assert_eq!(recs[0]["type"], "sapi");
+    assert!(recs[0].get("user_id").is_none());
+    let req = &recs[0]["details"]["request"];
+    assert_eq!(req["method"], "post");
+    assert_eq!(req["path"], format!("/api/v2/users/{}/authentication-methods", enc(&plain)));
+    assert_eq!(req["channel"], "https://manage.auth0.com/");
+    assert_eq!(recs[0]["details"]["response"]["statusCode"], 201);
+    assert_eq!(recs[0]["details"]["response"]["body"]["id"], phone.as_str());
+    check(plain.clone()).await;
+
+    // 3. Rename: gd_update_device_account, then the My Account API record.
+    let n = sim.logs().len();
+    assert_eq!(sim.rename_mfa(&plain, Some(&phone), Some("Work \"phone\""), Via::User).unwrap(), phone);
+    sim.rename_mfa(&plain, Some(&mid), None, Via::MyAccount).unwrap();
+    let recs = new_records(&sim, n);
+    assert_eq!(recs[0]["type"], "gd_update_device_account");
+    assert_eq!(recs[0]["user_id"], plain.as_str());
+    assert_eq!(recs[1]["type"], "my_account_authentication_method_succeeded");
+    assert_eq!(recs[1]["user_id"], plain.as_str());
+    assert_eq!(recs[1]["details"]["authentication_method_id"], mid.as_str());
+    assert_eq!(recs[1]["details"]["request"]["method"], "patch");
+    let t = check(plain.clone()).await;
+    let named = t["authentication_methods"].as_array().unwrap().iter().find(|m| m["id"] == phone.as_str()).unwrap();
+    assert_eq!(named["name"], "Work \"phone\"");
+
+    // 2. Remove: through the Guardian enrollment (no user in the path), the user's own flow, the API.
+    let enrollment = t["enrollments"][0]["id"].as_str().unwrap().to_string();
+    let n = sim.logs().len();
+    let removed = sim.remove_mfa(&plain, None, Via::GuardianEnrollment).unwrap();
+    assert_eq!(removed.split_once('|').unwrap().1, enrollment);
+    let recs = new_records(&sim, n);
+    assert_eq!(recs[0]["details"]["request"]["method"], "delete");
+    assert_eq!(recs[0]["details"]["request"]["path"], format!("/api/v2/guardian/enrollments/{enrollment}"));
+    assert!(recs[0].get("user_id").is_none());
+    check(plain.clone()).await;
+    let n = sim.logs().len();
+    let r = c
+        .post(format!("{base}/__sim/users/{}/mfa/remove", enc(&plain)))
+        .json(&json!({"via": "management_api"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let gone = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let recs = new_records(&sim, n);
+    assert_eq!(
+        recs[0]["details"]["request"]["path"],
+        format!("/api/v2/users/{}/authentication-methods/{}", enc(&plain), gone.replace('|', "%7C"))
+    );
+    assert_eq!(recs[0]["details"]["response"]["statusCode"], 204);
+    let t = check(plain.clone()).await;
+    assert!(t["authentication_methods"].as_array().unwrap().iter().all(|m| m["type"] == "password"));
+    assert!(t.get("multifactor").is_none(), "no factor left");
+    assert_eq!(sim.remove_mfa(&plain, None, Via::User).unwrap_err().to_string(), "the user has no MFA factor");
+    let with_mfa = uid(&|u| u["authenticators"].as_array().unwrap().iter().any(|m| m["confirmed"] == true));
+    let n = sim.logs().len();
+    sim.remove_mfa(&with_mfa, None, Via::User).unwrap();
+    let recs = new_records(&sim, n);
+    assert_eq!((recs[0]["type"].as_str(), recs[0]["user_id"].as_str()), (Some("gd_unenroll"), Some(with_mfa.as_str())));
+    check(with_mfa.clone()).await;
+
+    // 4. Roles: assigned through the user, then the role side; removed; members follow.
+    let (_, roles) = get(&c, &tok, format!("{base}/api/v2/roles?per_page=100")).await;
+    let role = roles[3]["id"].as_str().unwrap().to_string();
+    let members = |role: String| {
+        let (c, tok, base) = (c.clone(), tok.clone(), base.clone());
+        async move {
+            let mut out = Vec::new();
+            let mut from: Option<String> = None;
+            loop {
+                let mut url = format!("{base}/api/v2/roles/{role}/users?take=100");
+                if let Some(f) = &from {
+                    url.push_str(&format!("&from={}", f.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")));
+                }
+                let (_, v) = get(&c, &tok, url).await;
+                out.extend(v["users"].as_array().unwrap().iter().map(|u| u["user_id"].as_str().unwrap().to_string()));
+                match v.get("next") {
+                    Some(n) => from = Some(n.as_str().unwrap().to_string()),
+                    None => break,
+                }
+            }
+            let (_, v) =
+                get(&c, &tok, format!("{base}/api/v2/roles/{role}/users?include_totals=true&per_page=100")).await;
+            assert_eq!(v["total"], out.len());
+            out
+        }
+    };
+    let before = members(role.clone()).await;
+    let outsider = uid(&|u| u["roles"].as_array().unwrap().iter().all(|r| r["id"] != role.as_str()));
+    let insider = before[0].clone();
+    let n = sim.logs().len();
+    sim.assign_role(&outsider, &role, Via::ManagementApi).unwrap();
+    let r = c
+        .post(format!("{base}/__sim/users/{}/roles/remove", enc(&insider)))
+        .json(&json!({"role_id": role}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let recs = new_records(&sim, n);
+    assert_eq!(recs[0]["details"]["request"]["method"], "post");
+    assert_eq!(recs[0]["details"]["request"]["path"], format!("/api/v2/users/{}/roles", enc(&outsider)));
+    assert_eq!(recs[0]["details"]["request"]["body"], json!({"roles": [role]}));
+    assert_eq!(recs[1]["details"]["request"]["method"], "delete");
+    assert_eq!(recs[1]["details"]["request"]["path"], format!("/api/v2/users/{}/roles", enc(&insider)));
+    let after = members(role.clone()).await;
+    assert_eq!(after.len(), before.len());
+    assert!(after.contains(&outsider) && !after.contains(&insider));
+    assert_eq!(after.last().unwrap(), &outsider, "newest assignment last");
+    let t = check(outsider.clone()).await;
+    let names: Vec<&str> = t["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert!(names.windows(2).all(|w| w[0] <= w[1]), "roles sorted by name");
+    check(insider.clone()).await;
+    // Back in through the role side; an unchanged role is refused.
+    let n = sim.logs().len();
+    sim.assign_role(&insider, &role, Via::Role).unwrap();
+    let recs = new_records(&sim, n);
+    assert_eq!(recs[0]["details"]["request"]["path"], format!("/api/v2/roles/{role}/users"));
+    assert_eq!(recs[0]["details"]["request"]["body"], json!({"users": [insider]}));
+    assert!(members(role.clone()).await.contains(&insider));
+    assert!(sim.assign_role(&insider, &role, Via::ManagementApi).is_err());
+    assert!(sim.remove_role(&plain, "rol_AAAAAAAAAAAAAAAA").is_err());
+
+    // 6. Profile edit: fields replaced, metadata merged (other members kept verbatim), updated_at now.
+    let victim = uid(&|u| u["user_metadata"].as_object().is_some_and(|m| m.contains_key("big_id")));
+    let old = sim.truth_lines().into_iter().find(|l| l.contains(&format!("\"user_id\":{}", json!(victim)))).unwrap();
+    let old_meta = raw_pairs(&old)["user_metadata"].clone();
+    let n = sim.logs().len();
+    let patch = json!({"name": "Zoë \"Z\" O'Hara", "user_metadata": {"theme": null, "added": [1, "two"]}});
+    let r = c.post(format!("{base}/__sim/users/{}/profile", enc(&victim))).json(&patch).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let recs = new_records(&sim, n);
+    assert_eq!(recs[0]["details"]["request"]["method"], "patch");
+    assert_eq!(recs[0]["details"]["request"]["path"], format!("/api/v2/users/{}", enc(&victim)));
+    assert_eq!(recs[0]["details"]["request"]["body"], patch);
+    let new = sim.truth_lines().into_iter().find(|l| l.contains(&format!("\"user_id\":{}", json!(victim)))).unwrap();
+    let new_meta = raw_pairs(&new)["user_metadata"].clone();
+    assert!(
+        new_meta.contains(":123456789012345678901234567890") && old_meta.contains(":123456789012345678901234567890")
+    );
+    assert!(new_meta.ends_with(r#""added":[1,"two"]}"#), "{new_meta}");
+    let t = truth_of(&sim, &victim).unwrap();
+    assert_eq!(t["name"], "Zoë \"Z\" O'Hara");
+    assert!(t["user_metadata"].get("theme").is_none());
+    assert!(t["updated_at"].as_str().unwrap() > "2025");
+    let (_, u) = get(&c, &tok, format!("{base}/api/v2/users/{}", enc(&victim))).await;
+    assert_eq!(u["name"], t["name"]);
+    assert!(sim.update_profile(&victim, &serde_json::Map::new()).is_err());
+    assert!(sim.update_profile(&victim, json!({"user_id": "x"}).as_object().unwrap()).is_err());
+
+    // 5. Delete and add.
+    let n = sim.logs().len();
+    assert!(sim.delete_user(&with_mfa));
+    let added = sim.add_user(Via::User).unwrap();
+    let r = c.post(format!("{base}/__sim/users")).json(&json!({"via": "management_api"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let added2 = r.json::<Value>().await.unwrap()["user_id"].as_str().unwrap().to_string();
+    let recs = new_records(&sim, n);
+    assert_eq!(recs[0]["details"]["request"]["path"], format!("/api/v2/users/{}", enc(&with_mfa)));
+    assert_eq!(recs[0]["details"]["request"]["method"], "delete");
+    assert_eq!((recs[1]["type"].as_str(), recs[1]["user_id"].as_str()), (Some("ss"), Some(added.as_str())));
+    assert_eq!(recs[2]["details"]["request"]["path"], "/api/v2/users");
+    assert_eq!(recs[2]["details"]["response"]["body"]["user_id"], added2.as_str());
+    assert_eq!(get(&c, &tok, format!("{base}/api/v2/users/{}/roles", enc(&with_mfa))).await.0, 404);
+    for id in [&added, &added2] {
+        assert!(id.starts_with("auth0|") && truth.iter().all(|u| u["user_id"] != id.as_str()));
+        let t = check(id.clone()).await;
+        assert_eq!(t["roles"], json!([]));
+        assert_eq!(t["logins_count"], 0);
+        assert!(t["created_at"].as_str().unwrap() > "2025" && t.get("last_login").is_none());
+        assert_eq!(get(&c, &tok, format!("{base}/api/v2/users/{}", enc(id))).await.0, 200);
+    }
+    sim.enroll_mfa(&added, "push", Via::MyAccount).unwrap();
+    sim.assign_role(&added, &role, Via::ManagementApi).unwrap();
+    assert!(members(role.clone()).await.contains(&added));
+    check(added.clone()).await;
+
+    // 7. Tenant-wide: an MFA policy change and a bulk import (whose records name no user).
+    let n = sim.logs().len();
+    sim.set_mfa_factor("sms", false).unwrap();
+    let imported = sim.import_users(3).unwrap();
+    let recs = new_records(&sim, n);
+    assert_eq!(recs[0]["details"]["request"]["method"], "put");
+    assert_eq!(recs[0]["details"]["request"]["path"], "/api/v2/guardian/factors/sms");
+    assert_eq!(recs[1]["details"]["request"]["path"], "/api/v2/jobs/users-imports");
+    assert_eq!(recs[2]["type"], "sui");
+    assert!(imported.iter().all(|id| recs.iter().all(|r| !r.to_string().contains(id.as_str()))));
+    let r = c.post(format!("{base}/__sim/import")).json(&json!({"users": 2})).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["user_ids"].as_array().unwrap().len(), 2);
+    assert!(sim.set_mfa_factor("carrier-pigeon", true).is_err());
+
+    // The export job file and the truth agree on every user, exactly.
+    let lines = export_equals_truth(&c, &sim, &tok).await;
+    assert_eq!(lines, 300 - 1 + 2 + 3 + 2);
+    let served = c.get(format!("{base}/__sim/truth")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(served.lines().collect::<Vec<_>>(), sim.truth_lines());
+    // Unknown users and bad bodies over HTTP.
+    let r = c.post(format!("{base}/__sim/users/auth0%7Cnope/mfa")).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r =
+        c.post(format!("{base}/__sim/users/{}/mfa", enc(&added))).json(&json!({"via": "fax"})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn mutate_random_is_deterministic_and_exact() {
+    let a = start(fast(2000)).await;
+    let b = start(fast(2000)).await;
+    let before = a.truth();
+    let n = a.logs().len();
+    let ma = a.mutate_random(0.05, 7);
+    let mb = b.mutate_random(0.05, 7);
+    assert_eq!(ma, mb, "same seed, same calls: same changes");
+    for (kind, list) in [
+        ("added", &ma.added),
+        ("deleted", &ma.deleted),
+        ("fields", &ma.fields_changed),
+        ("mfa", &ma.mfa_changed),
+        ("roles", &ma.roles_changed),
+    ] {
+        assert!(list.len() >= 3, "{kind}: {list:?}");
+        assert!(list.windows(2).all(|w| w[0] < w[1]), "{kind} sorted");
+    }
+    let changed = ma.changed();
+    assert!((60..=150).contains(&(changed.len() - ma.added.len())), "{}", changed.len());
+    assert_eq!(a.truth().len(), before.len() + ma.added.len() - ma.deleted.len());
+    let ta: Vec<Value> = a.truth().iter().map(|u| u["user_id"].clone()).collect();
+    let tb: Vec<Value> = b.truth().iter().map(|u| u["user_id"].clone()).collect();
+    assert_eq!(ta, tb);
+    // Untouched users are exactly as before.
+    let after: std::collections::HashMap<String, Value> =
+        a.truth().into_iter().map(|u| (u["user_id"].as_str().unwrap().to_string(), u)).collect();
+    for u in &before {
+        let id = u["user_id"].as_str().unwrap();
+        if !changed.iter().any(|c| c == id) {
+            assert_eq!(&after[id], u);
+        }
+    }
+
+    // Every change can be traced from the logs to its user: user_id, the path, a body, or (for a
+    // Guardian enrollment) the enrollment id the user had.
+    let enrollment_owner: std::collections::HashMap<String, String> = before
+        .iter()
+        .flat_map(|u| {
+            u["enrollments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e["id"].as_str().unwrap().to_string(), u["user_id"].as_str().unwrap().to_string()))
+        })
+        .collect();
+    let mut traced = std::collections::BTreeSet::new();
+    let mut by_enrollment = 0;
+    for r in &a.logs()[n..] {
+        if ["s", "seacft", "fp", "slo", "seccft"].contains(&r["type"].as_str().unwrap()) {
+            continue;
+        }
+        if let Some(u) = r["user_id"].as_str() {
+            traced.insert(u.to_string());
+        }
+        let path = r["details"]["request"]["path"].as_str().unwrap_or_default();
+        if let Some(e) = path.strip_prefix("/api/v2/guardian/enrollments/") {
+            traced.insert(enrollment_owner[e].clone());
+            by_enrollment += 1;
+        }
+        if let Some(u) = r["details"]["response"]["body"]["user_id"].as_str() {
+            traced.insert(u.to_string());
+        }
+        for u in r["details"]["request"]["body"]["users"].as_array().into_iter().flatten() {
+            traced.insert(u.as_str().unwrap().to_string());
+        }
+        for id in &changed {
+            if path.starts_with(&format!("/api/v2/users/{}", enc(id))) {
+                traced.insert(id.clone());
+            }
+        }
+    }
+    for id in &changed {
+        assert!(traced.contains(id), "{id} changed but no record names it");
+    }
+    assert!(by_enrollment > 0, "some factor removed through its Guardian enrollment");
+
+    // The export after the changes equals the truth; the per-user views of changed users too.
+    let c = reqwest::Client::new();
+    let tok = token(&c, &a.base_url()).await;
+    export_equals_truth(&c, &a, &tok).await;
+    for id in ma.mfa_changed.iter().chain(&ma.roles_changed).chain(&ma.added).take(40) {
+        let t = &after[id.as_str()];
+        let e = enc(id);
+        let base = a.base_url();
+        let (_, v) = get(&c, &tok, format!("{base}/api/v2/users/{e}/authentication-methods")).await;
+        assert_eq!(&v, &t["authentication_methods"]);
+        let (_, v) = get(&c, &tok, format!("{base}/api/v2/users/{e}/enrollments")).await;
+        assert_eq!(&v, &t["enrollments"]);
+        let (_, v) = get(&c, &tok, format!("{base}/api/v2/users/{e}/roles")).await;
+        assert_eq!(&v, &t["roles"]);
+    }
+    for id in &ma.deleted {
+        assert_eq!(get(&c, &tok, format!("{}/api/v2/users/{}", a.base_url(), enc(id))).await.0, 404);
+    }
+
+    // Over HTTP: the same kind of answer.
+    let r =
+        c.post(format!("{}/__sim/mutate", b.base_url())).json(&json!({"share": 0.01, "seed": 3})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let m: auth0_sim::Mutations = r.json().await.unwrap();
+    assert!(!m.changed().is_empty());
+}
