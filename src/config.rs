@@ -30,6 +30,9 @@ pub struct TenantConfig {
     pub client_secret: SecretString,
     /// Requests per second, all replicas together.
     pub rate_limit: f64,
+    /// How long the tenant keeps its logs (1, 5, 10 or 30 days by plan): an incremental export
+    /// whose base is older runs in full.
+    pub log_retention: Duration,
 }
 
 #[derive(Clone)]
@@ -117,6 +120,7 @@ struct FileTenant {
     client_id: String,
     client_secret_env: String,
     rate_limit: Option<f64>,
+    log_retention_days: Option<f64>,
 }
 
 impl Settings {
@@ -166,6 +170,7 @@ impl Settings {
                 Some(r) => check_rate(&format!("tenant {} rate_limit", t.name), r)?,
                 None => default_rate,
             };
+            let log_retention = retention_days(&format!("tenant {} log_retention_days", t.name), t.log_retention_days)?;
             tenants.push(TenantConfig {
                 audience: t.audience.unwrap_or_else(|| default_audience(&base_url)),
                 name: t.name,
@@ -173,6 +178,7 @@ impl Settings {
                 client_id: t.client_id,
                 client_secret: SecretString::from(secret),
                 rate_limit,
+                log_retention,
             });
         }
         for (i, t) in tenants.iter().enumerate() {
@@ -231,7 +237,20 @@ fn env_tenant(var: &impl Fn(&str) -> Option<String>, rate_limit: f64) -> anyhow:
             var("AUTH0_CLIENT_SECRET").context("AUTH0_CLIENT_SECRET is required when AUTH0_DOMAIN is set")?,
         ),
         rate_limit,
+        log_retention: retention_days(
+            "AUTH0_LOG_RETENTION_DAYS",
+            var("AUTH0_LOG_RETENTION_DAYS").map(|v| v.parse::<f64>().unwrap_or(f64::NAN)),
+        )?,
     })
+}
+
+/// A tenant's log retention in days (default 1, Auth0's shortest).
+fn retention_days(name: &str, days: Option<f64>) -> anyhow::Result<Duration> {
+    match days {
+        None => Ok(Duration::from_secs(86_400)),
+        Some(d) if d.is_finite() && d > 0.0 => Ok(Duration::from_secs_f64(d * 86_400.0)),
+        Some(d) => bail!("{name} must be a positive number of days, got {d}"),
+    }
 }
 
 fn tenant_base_url(domain: Option<&str>, base_url: Option<&str>) -> Option<String> {

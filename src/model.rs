@@ -45,6 +45,20 @@ pub struct ExportRequest {
     pub limit: Option<i64>,
     pub fields: Vec<String>,
     pub enrich: Enrich,
+    /// An incremental export: the id of a completed export of the same request, or `latest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+}
+
+impl ExportRequest {
+    /// Whether `other` asks for the same data (all but the base), so one can build on the other.
+    pub fn same_data(&self, other: &ExportRequest) -> bool {
+        self.tenant == other.tenant
+            && self.connection_id == other.connection_id
+            && self.limit == other.limit
+            && self.fields == other.fields
+            && self.enrich == other.enrich
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -91,7 +105,7 @@ impl ExportRequest {
         };
         let mut errors = Vec::new();
         for key in obj.keys() {
-            if !["tenant", "connection_id", "limit", "fields", "enrich"].contains(&key.as_str()) {
+            if !["tenant", "connection_id", "limit", "fields", "enrich", "base"].contains(&key.as_str()) {
                 errors.push(FieldError::new(key.clone(), "unknown field"));
             }
         }
@@ -154,8 +168,19 @@ impl ExportRequest {
             }
         };
 
+        let base = match obj.get("base") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(b)) if b == "latest" || uuid::Uuid::parse_str(b).is_ok() => Some(b.to_lowercase()),
+            Some(_) => {
+                errors.push(FieldError::new("base", "must be an export id or \"latest\""));
+                None
+            }
+        };
+
         match tenant {
-            Some(tenant) if errors.is_empty() => Ok(ExportRequest { tenant, connection_id, limit, fields, enrich }),
+            Some(tenant) if errors.is_empty() => {
+                Ok(ExportRequest { tenant, connection_id, limit, fields, enrich, base })
+            }
             _ => Err(errors),
         }
     }

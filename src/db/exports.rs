@@ -109,11 +109,46 @@ pub struct ExportRow {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub enrich_started_at: Option<DateTime<Utc>>,
+    /// The completed export this one builds on (incremental exports).
+    pub base_id: Option<Uuid>,
+    /// `incremental`, or `full` when an export with a base could not build on it.
+    pub mode: Option<String>,
+    pub full_reason: Option<String>,
+    /// The newest tenant log id before the Auth0 job was created: where a later export's log
+    /// reading starts when it builds on this one.
+    pub log_checkpoint: Option<String>,
+    pub users_added: Option<i64>,
+    pub users_deleted: Option<i64>,
+    pub users_changed: Option<i64>,
+    pub mfa_refetched: Option<i64>,
+    pub calls_saved: Option<i64>,
 }
 
 const COLUMNS: &str = "id, tenant, request, status, stage, auth0_job_id, auth0_jobs_created, job_percent_done,
     users_total, users_downloaded, users_enriched, api_calls, rate_limited, retries, roles_strategy, roles_fetched,
-    roles_folded_after, error, cancel_requested, created_at, started_at, finished_at, enrich_started_at";
+    roles_folded_after, error, cancel_requested, created_at, started_at, finished_at, enrich_started_at,
+    base_id, mode, full_reason, log_checkpoint, users_added, users_deleted, users_changed, mfa_refetched, calls_saved";
+
+/// What a new export builds on.
+pub enum BaseChoice {
+    /// A full export, as asked.
+    None,
+    /// An incremental export on this completed export.
+    Base(Uuid),
+    /// Asked to be incremental, but runs in full from the start, for this reason.
+    Full(String),
+}
+
+/// The newest completed export asking for the same data as `request`.
+pub async fn latest_completed(pool: &PgPool, request: &ExportRequest) -> sqlx::Result<Option<Uuid>> {
+    let rows: Vec<(Uuid, Json<ExportRequest>)> = sqlx::query_as(
+        "SELECT id, request FROM exports WHERE tenant = $1 AND status = 'completed' ORDER BY id DESC LIMIT 200",
+    )
+    .bind(&request.tenant)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().find(|(_, r)| r.same_data(request)).map(|(id, _)| id))
+}
 
 pub enum Created {
     New(ExportRow),
@@ -130,11 +165,17 @@ pub async fn create(
     request: &ExportRequest,
     request_hash: &str,
     idempotency_key: Option<&str>,
+    base: &BaseChoice,
 ) -> sqlx::Result<Created> {
+    let (base_id, full_reason) = match base {
+        BaseChoice::None => (None, None),
+        BaseChoice::Base(id) => (Some(*id), None),
+        BaseChoice::Full(reason) => (None, Some(reason.as_str())),
+    };
     let mut tx = pool.begin().await?;
     let inserted: Option<ExportRow> = sqlx::query_as(&format!(
-        "INSERT INTO exports (id, tenant, request, request_hash, idempotency_key)
-         VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO exports (id, tenant, request, request_hash, idempotency_key, base_id, mode, full_reason)
+         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7::text IS NOT NULL THEN 'full' END, $7)
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING {COLUMNS}"
     ))
@@ -143,6 +184,8 @@ pub async fn create(
     .bind(Json(request))
     .bind(request_hash)
     .bind(idempotency_key)
+    .bind(base_id)
+    .bind(full_reason)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(row) = inserted {
@@ -463,6 +506,7 @@ pub async fn purge(pool: &PgPool, id: Uuid) -> sqlx::Result<()> {
     crate::db::profiles::drop_partition(pool, id).await?;
     let mut tx = pool.begin().await?;
     crate::db::roles::clear(&mut tx, id).await?;
+    crate::db::incremental::clear(&mut tx, id).await?;
     tx.commit().await
 }
 
@@ -474,7 +518,10 @@ pub async fn unpurged(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
             AND NOT EXISTS (SELECT 1 FROM exports e WHERE e.id = substr(c.relname, 10)::uuid)
          UNION
          SELECT DISTINCT r.export_id FROM export_roles r
-          WHERE NOT EXISTS (SELECT 1 FROM exports e WHERE e.id = r.export_id)",
+          WHERE NOT EXISTS (SELECT 1 FROM exports e WHERE e.id = r.export_id)
+         UNION
+         SELECT DISTINCT c.export_id FROM export_changes c
+          WHERE NOT EXISTS (SELECT 1 FROM exports e WHERE e.id = c.export_id)",
     )
     .fetch_all(pool)
     .await
@@ -491,4 +538,50 @@ pub async fn expired(pool: &PgPool, retention: std::time::Duration, limit: i64) 
     .bind(limit)
     .fetch_all(pool)
     .await
+}
+
+/// Stores the log checkpoint taken before the Auth0 job was created.
+pub async fn set_log_checkpoint(pool: &PgPool, id: Uuid, checkpoint: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE exports SET log_checkpoint = $2 WHERE id = $1")
+        .bind(id)
+        .bind(checkpoint)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Records how an export with a base runs: `incremental` (with the users whose MFA is fetched
+/// again) or `full` with the reason. The first decision stands.
+pub async fn set_mode(pool: &PgPool, id: Uuid, full_reason: Option<&str>, refetched: Option<i64>) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE exports SET mode = COALESCE(mode, CASE WHEN $2::text IS NULL THEN 'incremental' ELSE 'full' END),
+                full_reason = COALESCE(full_reason, $2), mfa_refetched = COALESCE(mfa_refetched, $3)
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(full_reason)
+    .bind(refetched)
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
+/// Records the diff and the per-user calls an incremental export did not make.
+pub async fn set_diff(
+    conn: &mut PgConnection,
+    id: Uuid,
+    diff: &crate::db::incremental::Diff,
+    calls_saved: Option<i64>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE exports SET users_added = $2, users_deleted = $3, users_changed = $4, calls_saved = $5 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(diff.added)
+    .bind(diff.deleted)
+    .bind(diff.changed)
+    .bind(calls_saved)
+    .execute(conn)
+    .await
+    .map(drop)
 }

@@ -1,6 +1,7 @@
 //! Postgres: the pool, the embedded migrations, and one module per table.
 
 pub mod exports;
+pub mod incremental;
 pub mod profiles;
 pub mod rate_limits;
 pub mod roles;

@@ -23,7 +23,7 @@ use super::{
     AppState,
 };
 use crate::{
-    db::exports::{self as store, Cancelled, Created, ExportRow, ExportStatus, RolesStrategy, Stage},
+    db::exports::{self as store, BaseChoice, Cancelled, Created, ExportRow, ExportStatus, RolesStrategy, Stage},
     model::ExportRequest,
 };
 
@@ -40,6 +40,9 @@ pub struct ExportView {
     pub auth0_job_id: Option<String>,
     pub progress: Progress,
     pub stats: Stats,
+    /// Present when the request named a `base`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<Incremental>,
     #[schema(value_type = Option<Object>)]
     pub error: Option<Value>,
     pub cancel_requested: bool,
@@ -73,11 +76,29 @@ pub struct Stats {
     pub retries: i64,
     /// How roles were fetched: `by_role` or `per_user`.
     pub roles_strategy: Option<String>,
+    /// Per-user MFA calls an incremental export did not make, against a full export.
+    pub calls_saved: Option<i64>,
+}
+
+/// How an export with a base ran, and what changed against it.
+#[derive(Serialize, ToSchema)]
+pub struct Incremental {
+    /// The export this one built on.
+    pub base: Option<Uuid>,
+    /// `incremental`, or `full` with `full_reason` (known once enrichment starts).
+    pub mode: Option<String>,
+    pub full_reason: Option<String>,
+    pub users_added: Option<i64>,
+    pub users_deleted: Option<i64>,
+    pub users_changed: Option<i64>,
+    /// Users whose MFA factors were fetched again (the others' were copied from the base).
+    pub mfa_refetched: Option<i64>,
 }
 
 impl ExportView {
     pub fn new(row: ExportRow, rate_limit: Option<f64>) -> ExportView {
         let progress = progress(&row, rate_limit);
+        let has_base = row.request.base.is_some();
         ExportView {
             id: row.id,
             tenant: row.tenant,
@@ -94,7 +115,17 @@ impl ExportView {
                     RolesStrategy::ByRole => "by_role".to_owned(),
                     RolesStrategy::PerUser => "per_user".to_owned(),
                 }),
+                calls_saved: row.calls_saved,
             },
+            incremental: has_base.then(|| Incremental {
+                base: row.base_id,
+                mode: row.mode.clone(),
+                full_reason: row.full_reason.clone(),
+                users_added: row.users_added,
+                users_deleted: row.users_deleted,
+                users_changed: row.users_changed,
+                mfa_refetched: row.mfa_refetched,
+            }),
             error: row.error.map(|e| e.0),
             cancel_requested: row.cancel_requested,
             created_at: row.created_at,
@@ -169,7 +200,8 @@ pub async fn load_export(state: &AppState, id: &str) -> Result<ExportRow, ApiErr
     responses((status = 202, body = ExportView, description = "queued; Location names it",
                headers(("Location" = String, description = "the export's URL"))),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 409, body = Problem, description = "idempotency key reused with another body")),
+              (status = 404, body = Problem, description = "the base export does not exist"),
+              (status = 409, body = Problem, description = "idempotency key reused with another body, or a base that is not a completed export of the same data")),
     security(("bearer" = ["write"])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -194,8 +226,9 @@ pub async fn create(
             _ => return Err(ApiError::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters")),
         },
     };
+    let base = choose_base(&state, &request).await?;
     let hash = hex(&Sha256::digest(serde_json::to_vec(&request).expect("request serialises")));
-    let row = match store::create(&state.pool, &request, &hash, key.as_deref()).await? {
+    let row = match store::create(&state.pool, &request, &hash, key.as_deref(), &base).await? {
         Created::New(row) => {
             tracing::info!(export_id = %row.id, tenant = %row.tenant, "export queued");
             row
@@ -211,6 +244,36 @@ pub async fn create(
     let location = format!("/v1/exports/{}", row.id);
     let view = ExportView::new(row, state.rate_limit(&request.tenant));
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+/// The export an incremental request builds on: a named one must be a completed export of the
+/// same data; `latest` is the newest such export, or none (the export then runs in full).
+async fn choose_base(state: &AppState, request: &ExportRequest) -> Result<BaseChoice, ApiError> {
+    match request.base.as_deref() {
+        None => Ok(BaseChoice::None),
+        Some("latest") => Ok(match store::latest_completed(&state.pool, request).await? {
+            Some(id) => BaseChoice::Base(id),
+            None => BaseChoice::Full("no completed export of this tenant asked for the same data".into()),
+        }),
+        Some(id) => {
+            let id = Uuid::parse_str(id).map_err(|_| ApiError::field("base", "must be an export id or \"latest\""))?;
+            let Some(base) = store::get(&state.pool, id).await? else {
+                return Err(ApiError::NotFound(format!("base: export {id} does not exist")));
+            };
+            if base.status != ExportStatus::Completed {
+                return Err(ApiError::Conflict(format!(
+                    "base: export {id} is {}; only a completed export can be built on",
+                    base.status.as_str()
+                )));
+            }
+            if !base.request.same_data(request) {
+                return Err(ApiError::Conflict(format!(
+                    "base: export {id} asked for other data (tenant, connection, limit, fields or enrichments)"
+                )));
+            }
+            Ok(BaseChoice::Base(id))
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

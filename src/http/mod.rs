@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod caching;
+pub mod changes;
 pub mod completed;
 pub mod error;
 pub mod exports;
@@ -69,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/exports/{id}/profiles", get(profiles::list))
         .route("/v1/exports/{id}/profiles/{user_id}", get(profiles::get))
         .route("/v1/exports/{id}/download", get(profiles::download))
+        .route("/v1/exports/{id}/changes", get(changes::list))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -9,6 +9,7 @@ use utoipa::{
 };
 
 use super::{
+    changes,
     error::Problem,
     exports, health,
     params::{DEFAULT_LIMIT, MAX_LIMIT},
@@ -24,7 +25,7 @@ use crate::{
     info(title = "auth0-exporter", description = "Complete Auth0 user profiles: export fields, roles and MFA factors."),
     paths(
         exports::create, exports::list, exports::get, exports::cancel, exports::delete,
-        profiles::list, profiles::get, profiles::download,
+        profiles::list, profiles::get, profiles::download, changes::list,
         health::livez, health::readyz, health::metrics, health::openapi,
     ),
     components(schemas(Problem)),
@@ -147,6 +148,7 @@ fn parameter_schema(path: &str, name: &str) -> Option<Value> {
         "cursor" => json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]+$" }),
         "has_mfa" => json!({ "type": "boolean" }),
         "format" => json!({ "type": "string", "enum": ["ndjson", "json", "csv"], "default": "ndjson" }),
+        "kind" => json!({ "type": "string", "enum": ["added", "deleted", "changed"] }),
         "Idempotency-Key" => json!({ "type": "string", "pattern": "^[!-~]([ -~]{0,253}[!-~])?$" }),
         "If-None-Match" | "If-Modified-Since" => return None,
         _ => json!({ "type": "string", "minLength": 1, "pattern": NO_NUL }),
@@ -231,6 +233,14 @@ fn create_body(tenants: &[String]) -> Value {
             "items": { "type": "string", "maxLength": 100, "pattern": FIELD_PATH_PATTERN,
                        "not": { "enum": NOT_EXPORTABLE } },
             "default": DEFAULT_FIELDS,
+        }),
+    );
+    properties.insert(
+        "base".into(),
+        json!({
+            "description": "an incremental export: build on this completed export of the same data (or the newest one, `latest`); the result is complete on its own, only MFA factors that may have changed are fetched again",
+            "type": ["string", "null"],
+            "pattern": "^(latest|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$",
         }),
     );
     let flag =

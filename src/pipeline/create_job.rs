@@ -19,6 +19,15 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     if ctx.export.auth0_jobs_created >= MAX_AUTH0_JOBS {
         return Err(StageError::Fail(format!("Auth0 export jobs failed {MAX_AUTH0_JOBS} times; giving up")));
     }
+    // Taken before the job exists: a later incremental export reads every change since.
+    if ctx.export.log_checkpoint.is_none() {
+        if let Some(checkpoint) = super::incremental::checkpoint(ctx).await? {
+            db::retry("storing the log checkpoint", || {
+                db::exports::set_log_checkpoint(&ctx.pool, ctx.export.id, &checkpoint)
+            })
+            .await?;
+        }
+    }
     let body = ctx.export.request.auth0_job_body();
     let url = ctx.client.api_url(&["jobs", "users-exports"], &[]);
     let job: ExportJob = match ctx.client.post("POST /api/v2/jobs/users-exports", url, &body, &ctx.stats).await {

@@ -9,7 +9,7 @@ use std::{pin::pin, time::Duration};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::Value;
 
-use super::{patiently, roles, StageContext, StageError, Step};
+use super::{incremental, patiently, roles, StageContext, StageError, Step};
 use crate::{
     auth0::{
         types::{MethodsPage, RolesPage},
@@ -40,6 +40,8 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
     })
     .await?;
     let in_flight = in_flight_target(ctx);
+    // An export with a base copies the MFA data of users who cannot have changed.
+    let incremental = incremental::prepare(ctx).await?;
 
     // Roles are enumerated first (one call per 100 members, a small share of the calls), so the
     // MFA pass can write each user's roles in the same update as its factors: one write per row.
@@ -55,11 +57,15 @@ pub async fn run(ctx: &StageContext) -> Result<Step, StageError> {
         }
     };
     let mfa = async {
-        if enrich.any_mfa() {
-            per_user_pass(ctx, Pass::Mfa, enrich, in_flight, by_role).await
-        } else {
-            Ok(())
+        if !enrich.any_mfa() {
+            return Ok(());
         }
+        per_user_pass(ctx, Pass::Mfa, enrich, in_flight, by_role).await?;
+        // Factors changed while this export ran may postdate what was copied or fetched.
+        if incremental && incremental::reopen_changed_during_run(ctx).await? > 0 {
+            per_user_pass(ctx, Pass::Mfa, enrich, in_flight, by_role).await?;
+        }
+        Ok(())
     };
     tokio::try_join!(roles, mfa)?;
     if ctx.stop.is_cancelled() {

@@ -3,6 +3,7 @@
 mod create_job;
 mod download;
 mod enrich;
+mod incremental;
 mod roles;
 mod wait_job;
 
@@ -607,10 +608,23 @@ async fn finalize(ctx: &StageContext) -> Result<Step, StageError> {
     // is idempotent, so a stale worker doing it too harms nothing.
     db::retry("compacting the export", || db::profiles::compact_partition(&ctx.pool, ctx.export.id)).await?;
     db::retry("indexing the export", || db::profiles::index_partition(&ctx.pool, ctx.export.id)).await?;
+    let export = db::retry("reading the export", || db::exports::get(&ctx.pool, ctx.export.id)).await?;
+    let base = match (export.as_ref().and_then(|e| e.base_id), &export) {
+        (Some(base), Some(_))
+            if db::retry("finding the base", || db::exports::get(&ctx.pool, base)).await?.is_some() =>
+        {
+            Some(base)
+        }
+        _ => None,
+    };
     let held = db::retry("finalising", || async {
         let Some(mut tx) = ctx.begin_fenced().await? else { return Ok(false) };
         db::roles::clear(&mut tx, ctx.export.id).await?;
         db::exports::set_total(&mut tx, ctx.export.id).await?;
+        if let (Some(base), Some(export)) = (base, &export) {
+            let diff = db::incremental::write_changes(&mut tx, ctx.export.id, base).await?;
+            db::exports::set_diff(&mut tx, ctx.export.id, &diff, calls_saved(export)).await?;
+        }
         crate::crash_point::crash_point("finalising.before_commit");
         tx.commit().await?;
         Ok(true)
@@ -620,6 +634,18 @@ async fn finalize(ctx: &StageContext) -> Result<Step, StageError> {
         return Err(lease_lost());
     }
     Ok(Step::Advance(None))
+}
+
+/// Per-user MFA calls an incremental export did not make: one per MFA endpoint asked for, for
+/// every user whose factors were copied from the base.
+fn calls_saved(export: &db::exports::ExportRow) -> Option<i64> {
+    if export.mode.as_deref() != Some("incremental") {
+        return None;
+    }
+    let e = export.request.enrich;
+    let per_user = [e.authentication_methods, e.authenticators, e.enrollments].iter().filter(|b| **b).count() as i64;
+    let total = export.users_total.or(Some(export.users_downloaded))?;
+    Some((total - export.mfa_refetched.unwrap_or(total)).max(0) * per_user)
 }
 
 /// The heartbeat task: aborted when dropped (a panicking stage), joined when the stage ends.

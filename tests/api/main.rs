@@ -5,6 +5,7 @@ mod exact;
 mod exports;
 mod faults;
 mod helpers;
+mod incremental;
 mod layout;
 mod proxy;
 mod reliability;
