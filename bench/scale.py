@@ -393,16 +393,17 @@ def table(rows):
     return "\n".join(lines)
 
 
-def write_doc(text):
+def write_doc(text, section=SECTION):
+    """Replaces `section` of docs/benchmarks.md with `text` (or appends it)."""
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     with open(path) as f:
         doc = f.read()
-    start = doc.find(SECTION)
+    start = doc.find(section)
     if start < 0:
         doc = doc.rstrip("\n") + "\n\n" + text
     else:
-        nxt = re.search(r"^## ", doc[start + len(SECTION):], re.M)
-        end = start + len(SECTION) + nxt.start() if nxt else len(doc)
+        nxt = re.search(r"^## ", doc[start + len(section):], re.M)
+        end = start + len(section) + nxt.start() if nxt else len(doc)
         doc = doc[:start] + text + ("\n" + doc[end:] if nxt else "")
     with open(path, "w") as f:
         f.write(doc.rstrip("\n") + "\n")
