@@ -135,6 +135,17 @@ async fn untraceable_changes_fall_back_to_a_full_run_with_the_reason() {
     assert!(tenant_wide["incremental"]["full_reason"].as_str().unwrap().contains("tenant-wide MFA change"));
     assert_eq!(download(&app, tenant_wide["id"].as_str().unwrap()).await, exact_truth(&app.sim, &ENRICH));
 
+    // A checkpoint Auth0 no longer knows (purged early, or from another tenant).
+    sqlx::query("UPDATE exports SET log_checkpoint = '90020200101000000000000000000000000000000000000000000001' WHERE id = $1::uuid")
+        .bind(&base)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let rejected = app.create_export(json!({"base": base})).await;
+    let rejected = app.wait_for(&rejected, "completed").await;
+    assert_eq!(rejected["incremental"]["mode"], "full");
+    assert!(rejected["incremental"]["full_reason"].as_str().unwrap().contains("checkpoint was rejected"), "{rejected}");
+
     // A base older than the tenant's log retention: its checkpoint is gone.
     app.sim.age_logs(2 * 86_400);
     sqlx::query("UPDATE exports SET started_at = now() - interval '2 days', created_at = now() - interval '2 days'")
