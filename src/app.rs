@@ -29,7 +29,8 @@ pub enum Role {
 }
 
 pub struct Application {
-    listener: Option<TcpListener>,
+    listener: TcpListener,
+    role: Role,
     state: AppState,
     workers: Option<Workers>,
     shutdown: CancellationToken,
@@ -58,14 +59,10 @@ impl Application {
             tracing::warn!("API_TOKENS is empty: every /v1 request will be refused with 401");
         }
         let tenants = Tenants::new(&settings.tenants, &pool, settings.worker.auth0_retry_base())?;
-        let listener = match role {
-            Role::Worker => None,
-            _ => Some(
-                TcpListener::bind(settings.listen_addr)
-                    .await
-                    .with_context(|| format!("binding LISTEN_ADDR {}", settings.listen_addr))?,
-            ),
-        };
+        // Workers listen too, for probes and metrics only: their pipeline metrics live there.
+        let listener = TcpListener::bind(settings.listen_addr)
+            .await
+            .with_context(|| format!("binding LISTEN_ADDR {}", settings.listen_addr))?;
         let workers = (role != Role::Api).then(|| {
             Workers::new(
                 pool.clone(),
@@ -85,6 +82,7 @@ impl Application {
         };
         Ok(Application {
             listener,
+            role,
             state,
             workers,
             shutdown: CancellationToken::new(),
@@ -94,7 +92,7 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.listener.local_addr().ok()
     }
 
     /// Cancelling this token shuts the service down as SIGTERM would.
@@ -118,7 +116,7 @@ impl Application {
 
         let shutdown = self.shutdown.clone();
         let ready = self.state.ready.clone();
-        let drain = if self.listener.is_some() { self.drain } else { Duration::ZERO };
+        let drain = if self.role == Role::Worker { Duration::ZERO } else { self.drain };
         let draining = async move {
             shutdown.cancelled().await;
             ready.store(false, Ordering::SeqCst);
@@ -126,14 +124,12 @@ impl Application {
             tracing::info!(?drain, "shutting down: readiness fails, leases go back, then HTTP drains");
             tokio::time::sleep(drain).await;
         };
-        match self.listener {
-            Some(listener) => {
-                let app = http::router(self.state);
-                tracing::info!(addr = %listener.local_addr()?, "API listening");
-                axum::serve(listener, app).with_graceful_shutdown(draining).await?;
-            }
-            None => draining.await,
-        }
+        let app = match self.role {
+            Role::Worker => http::operations_router(self.state),
+            _ => http::router(self.state),
+        };
+        tracing::info!(addr = %self.listener.local_addr()?, role = ?self.role, "listening");
+        axum::serve(self.listener, app).with_graceful_shutdown(draining).await?;
         if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
             tracing::warn!("workers did not stop within the grace period; their leases will expire");
         }

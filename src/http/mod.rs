@@ -91,6 +91,16 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What a worker-only replica serves: liveness, readiness and its metrics (the pipeline's).
+pub fn operations_router(state: AppState) -> Router {
+    Router::new()
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { error::ApiError::NotFound("a worker serves only /livez, /readyz and /metrics".into()) })
+        .with_state(state)
+}
+
 /// A request that outlives `request_timeout` answers 503 problem+json with `Retry-After`,
 /// inside the metrics layer so it is counted like any other answer.
 async fn time_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {

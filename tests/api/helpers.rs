@@ -124,10 +124,22 @@ impl TestApp {
         self.http.get(self.url(path)).bearer_auth(token).send().await.expect("request sent")
     }
 
+    /// A GET that must succeed. Like any client of the contract it honours `503` + `Retry-After`
+    /// (a pool briefly exhausted on a loaded machine), for a few seconds at most.
     pub async fn get_json(&self, path: &str) -> Value {
-        let resp = self.get(path, READ_TOKEN).await;
-        assert_eq!(resp.status(), 200, "GET {path}");
-        resp.json().await.unwrap()
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let resp = self.get(path, READ_TOKEN).await;
+            if resp.status() == 503
+                && resp.headers().contains_key("retry-after")
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            assert_eq!(resp.status(), 200, "GET {path}");
+            return resp.json().await.unwrap();
+        }
     }
 
     pub async fn post(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {

@@ -194,5 +194,11 @@ async fn exports_older_than_the_retention_are_deleted() {
     }
     assert_eq!(app.get(&format!("/v1/exports/{recent}"), READ_TOKEN).await.status(), 200);
     assert_eq!(app.get(&format!("/v1/exports/{recent}/profiles"), READ_TOKEN).await.status(), 200);
-    drop(sweeper);
+
+    // A worker-only replica serves its probes and its (the pipeline's) metrics, nothing else.
+    assert_eq!(sweeper.http.get(sweeper.url("/livez")).send().await.unwrap().status(), 200);
+    assert_eq!(sweeper.http.get(sweeper.url("/readyz")).send().await.unwrap().status(), 200);
+    let metrics = sweeper.http.get(sweeper.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("exporter_exports_expired_total"), "{metrics}");
+    assert_eq!(sweeper.get(&format!("/v1/exports/{recent}"), READ_TOKEN).await.status(), 404);
 }
