@@ -138,13 +138,12 @@ const NO_NUL: &str = "^[^\\u0000]+$";
 
 /// The schema each parameter's validation enforces (src/http/params.rs, the handlers), so that
 /// every value the document allows is accepted and every other is a 400.
-fn parameter_schema(path: &str, name: &str) -> Option<Value> {
+fn parameter_schema(name: &str) -> Option<Value> {
     Some(match name {
         "id" => json!({ "type": "string", "format": "uuid" }),
         "limit" => json!({ "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT }),
         "status" => json!({ "type": "string", "enum": ExportStatus::ALL.map(ExportStatus::as_str) }),
-        // Opaque: the `next_cursor` of the previous page (an export id when listing exports).
-        "cursor" if path == "/v1/exports" => json!({ "type": "string", "format": "uuid" }),
+        // Opaque (base64url): the `next_cursor` of the previous page.
         "cursor" => json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]+$" }),
         "has_mfa" => json!({ "type": "boolean" }),
         "format" => json!({ "type": "string", "enum": ["ndjson", "json", "csv"], "default": "ndjson" }),
@@ -163,7 +162,7 @@ fn constrain_parameters(doc: &mut Value) {
             let Some(parameters) = operation.get_mut("parameters").and_then(Value::as_array_mut) else { continue };
             for parameter in parameters {
                 let name = parameter["name"].as_str().unwrap_or_default().to_owned();
-                if let Some(schema) = parameter_schema(path, &name) {
+                if let Some(schema) = parameter_schema(&name) {
                     parameter["schema"] = schema;
                 }
             }
