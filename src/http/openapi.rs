@@ -156,7 +156,7 @@ fn parameter_schema(name: &str) -> Option<Value> {
 
 fn constrain_parameters(doc: &mut Value) {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
-    for (path, item) in paths.iter_mut() {
+    for item in paths.values_mut() {
         let Some(item) = item.as_object_mut() else { continue };
         for operation in item.values_mut() {
             let Some(parameters) = operation.get_mut("parameters").and_then(Value::as_array_mut) else { continue };
