@@ -35,7 +35,7 @@ pub const DEFAULT_FIELDS: [&str; 23] = [
 pub const NOT_EXPORTABLE: [&str; 3] = ["blocked_for", "guardian_authenticators", "tenant"];
 pub const MAX_FIELDS: usize = 100;
 /// What [`is_field_path`] accepts (at most 100 characters), for the OpenAPI document.
-pub const FIELD_PATH_PATTERN: &str = r"^[A-Za-z0-9_-]+(\[[0-9]+\])*(\.[A-Za-z0-9_-]+(\[[0-9]+\])*)*$";
+pub const FIELD_PATH_PATTERN: &str = r"^[A-Za-z0-9_-]+(\[[0-9]+\]|\.[A-Za-z0-9_-]+)*$";
 
 /// A normalised create body: every default filled in, stored as the export's `request`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -97,11 +97,8 @@ impl FieldError {
 impl ExportRequest {
     /// Validates a create body against the configured tenants, naming every bad field.
     pub fn from_body(body: &Value, tenants: &[String]) -> Result<ExportRequest, Vec<FieldError>> {
-        let empty = Map::new();
-        let obj = match body {
-            Value::Object(o) => o,
-            Value::Null => &empty,
-            _ => return Err(vec![FieldError::new("body", "must be a JSON object")]),
+        let Value::Object(obj) = body else {
+            return Err(vec![FieldError::new("body", "must be a JSON object (or empty, for every default)")]);
         };
         let mut errors = Vec::new();
         for key in obj.keys() {
@@ -141,7 +138,8 @@ impl ExportRequest {
 
         let limit = match obj.get("limit") {
             None | Some(Value::Null) => None,
-            Some(v) => match v.as_i64() {
+            // JSON does not tell 3 from 3.0: a whole number is an integer, whatever its spelling.
+            Some(v) => match v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64)) {
                 Some(n) if n >= 1 => Some(n),
                 _ => {
                     errors.push(FieldError::new("limit", "must be an integer of at least 1"));

@@ -214,7 +214,7 @@ pub async fn create(
         _ => ApiError::field("body", e.body_text()),
     })?;
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
+        Value::Object(Default::default())
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::field("body", format!("not valid JSON: {e}")))?
     };
@@ -222,7 +222,9 @@ pub async fn create(
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
+            Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| (0x20..=0x7e).contains(&b)) => {
+                Some(k.to_owned())
+            }
             _ => return Err(ApiError::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters")),
         },
     };
