@@ -139,7 +139,10 @@ impl ExportRequest {
         let limit = match obj.get("limit") {
             None | Some(Value::Null) => None,
             // JSON does not tell 3 from 3.0: a whole number is an integer, whatever its spelling.
-            Some(v) => match v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64)) {
+            Some(v) => match v
+                .as_i64()
+                .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64))
+            {
                 Some(n) if n >= 1 => Some(n),
                 _ => {
                     errors.push(FieldError::new("limit", "must be an integer of at least 1"));
