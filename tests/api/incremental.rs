@@ -167,6 +167,19 @@ async fn untraceable_changes_fall_back_to_a_full_run_with_the_reason() {
     assert_eq!(imported["incremental"]["mode"], "full");
     assert!(imported["incremental"]["full_reason"].as_str().unwrap().contains("import"), "{imported}");
 
+    // Every user enrolled a factor since: refetching them all costs what a full run does.
+    let everyone: Vec<String> =
+        app.sim.truth().iter().map(|u| u["user_id"].as_str().unwrap().to_owned()).collect();
+    for user in &everyone {
+        app.sim.enroll_mfa(user, "totp", auth0_sim::Via::User).unwrap();
+    }
+    let latest = imported["id"].as_str().unwrap().to_owned();
+    let busy = app.create_export(json!({"base": latest})).await;
+    let busy = app.wait_for(&busy, "completed").await;
+    assert_eq!(busy["incremental"]["mode"], "full");
+    assert!(busy["incremental"]["full_reason"].as_str().unwrap().contains("more users"), "{busy}");
+    assert_eq!(download(&app, busy["id"].as_str().unwrap()).await, exact_truth(&app.sim, &ENRICH));
+
     // A base that cannot serve is refused with the reason; "latest" with none runs in full.
     let resp = app.post("/v1/exports", WRITE_TOKEN, &json!({"base": base, "fields": ["email"]})).await;
     assert_eq!(resp.status(), 409);
