@@ -168,8 +168,7 @@ async fn untraceable_changes_fall_back_to_a_full_run_with_the_reason() {
     assert!(imported["incremental"]["full_reason"].as_str().unwrap().contains("import"), "{imported}");
 
     // Every user enrolled a factor since: refetching them all costs what a full run does.
-    let everyone: Vec<String> =
-        app.sim.truth().iter().map(|u| u["user_id"].as_str().unwrap().to_owned()).collect();
+    let everyone: Vec<String> = app.sim.truth().iter().map(|u| u["user_id"].as_str().unwrap().to_owned()).collect();
     for user in &everyone {
         app.sim.enroll_mfa(user, "totp", auth0_sim::Via::User).unwrap();
     }
