@@ -11,12 +11,12 @@ use super::{
     auth::CanRead,
     error::{ApiError, Problem},
     exports::load_export,
-    params::{finish_page, AppPath, Params},
+    params::{finish_page, page_body, AppPath, Params},
     AppState,
 };
 use crate::db::{exports::ExportStatus, incremental};
 
-/// A page of changes (written by hand in [`list`]; this type documents its shape).
+/// A page of changes (written by [`page_body`]; this type documents its shape).
 #[derive(ToSchema)]
 pub struct ChangeList {
     pub data: Vec<Change>,
@@ -63,22 +63,16 @@ pub async fn list(
     }
     let rows = incremental::changes_page(&state.pool, export.id, kind.as_deref(), after.as_deref(), limit).await?;
     let (rows, next_cursor) = finish_page(rows, limit, |r| r.profile.user_id.clone());
-    let mut body = Vec::with_capacity(rows.iter().map(|r| r.profile.document.len() + 320).sum::<usize>() + 64);
-    body.extend_from_slice(b"{\"data\":[");
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(b"{\"user_id\":");
-        serde_json::to_writer(&mut body, &row.profile.user_id).map_err(anyhow::Error::from)?;
-        body.extend_from_slice(b",\"kind\":");
-        serde_json::to_writer(&mut body, &row.kind).map_err(anyhow::Error::from)?;
-        body.extend_from_slice(b",\"profile\":");
-        body.extend_from_slice(row.profile.merged_text().as_bytes());
-        body.push(b'}');
-    }
-    body.extend_from_slice(b"],\"next_cursor\":");
-    serde_json::to_writer(&mut body, &next_cursor).map_err(anyhow::Error::from)?;
-    body.push(b'}');
+    let capacity = rows.iter().map(|r| r.profile.document.len() + 320).sum();
+    let items = rows.iter().map(|row| {
+        let quoted = |text: &str| serde_json::to_string(text).expect("a string serialises");
+        format!(
+            "{{\"user_id\":{},\"kind\":{},\"profile\":{}}}",
+            quoted(&row.profile.user_id),
+            quoted(&row.kind),
+            row.profile.merged_text()
+        )
+    });
+    let body = page_body(items, capacity, &next_cursor);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

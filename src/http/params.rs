@@ -132,6 +132,23 @@ pub fn finish_page<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) 
     (rows, next)
 }
 
+/// A list response, `{"data":[…],"next_cursor":…}`, from items that are JSON text already: copied,
+/// not parsed and serialised again.
+pub fn page_body(items: impl IntoIterator<Item = String>, capacity: usize, next_cursor: &Option<String>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(capacity + 64);
+    body.extend_from_slice(b"{\"data\":[");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item.as_bytes());
+    }
+    body.extend_from_slice(b"],\"next_cursor\":");
+    body.extend_from_slice(serde_json::to_string(next_cursor).expect("a cursor serialises").as_bytes());
+    body.push(b'}');
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

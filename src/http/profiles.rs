@@ -18,16 +18,16 @@ use super::{
     caching::{self, Validators},
     error::{ApiError, Problem},
     exports::{load_export, parse_export_id},
-    params::{finish_page, plain_text, AppPath, Params},
+    params::{finish_page, page_body, plain_text, AppPath, Params},
     AppState,
 };
 use crate::db::{
     exports::{ExportRow, ExportStatus},
-    profiles::{self as store, ProfileFilter},
+    profiles::{self as store, ProfileFilter, ProfileRow},
 };
 use crate::document::csv_safe;
 
-/// A page of profiles (written by hand in [`list`]; this type documents its shape).
+/// A page of profiles (written by [`page_body`]; this type documents its shape).
 #[derive(ToSchema)]
 pub struct ProfileList {
     /// Merged profiles: the exported user object plus `roles`, `authentication_methods`,
@@ -94,19 +94,8 @@ pub async fn list(
         load_export(&state, &id).await?;
     }
     let (rows, next_cursor) = finish_page(rows, limit, |r| r.user_id.clone());
-    // The page is written by hand: each merged profile is JSON text already, so it is copied,
-    // not parsed and serialised again.
-    let mut body = Vec::with_capacity(rows.iter().map(|r| r.document.len() + 256).sum::<usize>() + 64);
-    body.extend_from_slice(b"{\"data\":[");
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(row.merged_text().as_bytes());
-    }
-    body.extend_from_slice(b"],\"next_cursor\":");
-    serde_json::to_writer(&mut body, &next_cursor).map_err(anyhow::Error::from)?;
-    body.push(b'}');
+    let capacity = rows.iter().map(|r| r.document.len() + 256).sum();
+    let body = page_body(rows.iter().map(ProfileRow::merged_text), capacity, &next_cursor);
     let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     with_validators(&mut response, validators.as_ref());
     Ok(response)
