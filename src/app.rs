@@ -17,7 +17,8 @@ use crate::{
     db,
     http::{self, auth::TokenTable, AppState},
     pipeline::Workers,
-    telemetry,
+    scheduler, telemetry,
+    webhooks::Dispatcher,
 };
 
 /// Which halves of the service this process runs.
@@ -33,6 +34,8 @@ pub struct Application {
     role: Role,
     state: AppState,
     workers: Option<Workers>,
+    webhooks: crate::config::WebhookSettings,
+    schedules: crate::config::ScheduleSettings,
     shutdown: CancellationToken,
     drain: Duration,
     grace: Duration,
@@ -85,6 +88,8 @@ impl Application {
             role,
             state,
             workers,
+            webhooks: settings.webhooks.clone(),
+            schedules: settings.schedules.clone(),
             shutdown: CancellationToken::new(),
             drain: Duration::from_secs(settings.worker.drain_secs),
             grace: Duration::from_secs(settings.worker.shutdown_grace_secs),
@@ -110,7 +115,11 @@ impl Application {
         let tracker = TaskTracker::new();
         let worker_stop = CancellationToken::new();
         if let Some(workers) = self.workers {
-            workers.spawn(&tracker, worker_stop.clone());
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let dispatcher = Dispatcher::new(workers.pool.clone(), self.webhooks, workers.worker_id.clone())?;
+            tracker.spawn(dispatcher.run(wake.clone(), worker_stop.clone()));
+            tracker.spawn(scheduler::run(workers.pool.clone(), self.schedules, worker_stop.clone()));
+            workers.spawn(&tracker, wake, worker_stop.clone());
         }
         tracker.close();
 

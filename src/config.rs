@@ -16,6 +16,8 @@ pub struct Settings {
     pub tenants: Vec<TenantConfig>,
     pub api_tokens: Vec<ApiToken>,
     pub worker: WorkerSettings,
+    pub webhooks: WebhookSettings,
+    pub schedules: ScheduleSettings,
     /// A request that has not produced its response head by then answers 503.
     pub request_timeout: Duration,
 }
@@ -100,11 +102,43 @@ impl WorkerSettings {
     }
 }
 
+/// Outbound webhook deliveries.
+#[derive(Clone, Debug, Deserialize)]
+pub struct WebhookSettings {
+    pub timeout_secs: u64,
+    pub retry_base_ms: u64,
+    pub max_attempts: i32,
+    pub concurrency: usize,
+    pub allow_http: bool,
+}
+
+impl WebhookSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.max(1))
+    }
+    pub fn retry_base(&self) -> Duration {
+        Duration::from_millis(self.retry_base_ms.max(1))
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ScheduleSettings {
+    pub poll_interval_ms: u64,
+}
+
+impl ScheduleSettings {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms.max(10))
+    }
+}
+
 #[derive(Deserialize)]
 struct FileConfig {
     listen_addr: String,
     rate_limit: f64,
     worker: WorkerSettings,
+    webhooks: WebhookSettings,
+    schedules: ScheduleSettings,
     request_timeout_secs: u64,
     export_retention: Option<String>,
     #[serde(default)]
@@ -199,12 +233,26 @@ impl Settings {
             None => None,
         };
 
+        let mut webhooks = file.webhooks;
+        if let Some(v) = var("WEBHOOK_TIMEOUT_SECS") {
+            webhooks.timeout_secs =
+                v.parse().ok().filter(|&n: &u64| n > 0).context("WEBHOOK_TIMEOUT_SECS must be a positive integer")?;
+        }
+        if let Some(v) = var("WEBHOOK_ALLOW_HTTP") {
+            webhooks.allow_http = v.parse().context("WEBHOOK_ALLOW_HTTP must be true or false")?;
+        }
+        if webhooks.max_attempts < 1 {
+            bail!("webhooks.max_attempts must be at least 1");
+        }
+
         Ok(Settings {
             database_url: var("DATABASE_URL").map(SecretString::from),
             listen_addr,
             tenants,
             api_tokens: parse_api_tokens(&var("API_TOKENS").unwrap_or_default())?,
             worker,
+            webhooks,
+            schedules: file.schedules,
             request_timeout: Duration::from_secs(request_timeout),
         })
     }

@@ -122,12 +122,14 @@ pub struct ExportRow {
     pub users_changed: Option<i64>,
     pub mfa_refetched: Option<i64>,
     pub calls_saved: Option<i64>,
+    /// The schedule that started this export.
+    pub schedule_id: Option<Uuid>,
 }
 
 const COLUMNS: &str = "id, tenant, request, status, stage, auth0_job_id, auth0_jobs_created, job_percent_done,
     users_total, users_downloaded, users_enriched, api_calls, rate_limited, retries, roles_strategy, roles_fetched,
     roles_folded_after, error, cancel_requested, created_at, started_at, finished_at, enrich_started_at,
-    base_id, mode, full_reason, log_checkpoint, users_added, users_deleted, users_changed, mfa_refetched, calls_saved";
+    base_id, mode, full_reason, log_checkpoint, users_added, users_deleted, users_changed, mfa_refetched, calls_saved, schedule_id";
 
 /// What a new export builds on.
 pub enum BaseChoice {
@@ -140,14 +142,64 @@ pub enum BaseChoice {
 }
 
 /// The newest completed export asking for the same data as `request`.
-pub async fn latest_completed(pool: &PgPool, request: &ExportRequest) -> sqlx::Result<Option<Uuid>> {
+pub async fn latest_completed(conn: &mut PgConnection, request: &ExportRequest) -> sqlx::Result<Option<Uuid>> {
     let rows: Vec<(Uuid, Json<ExportRequest>)> = sqlx::query_as(
         "SELECT id, request FROM exports WHERE tenant = $1 AND status = 'completed' ORDER BY id DESC LIMIT 200",
     )
     .bind(&request.tenant)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().find(|(_, r)| r.same_data(request)).map(|(id, _)| id))
+}
+
+/// The tenant's newest completed export (by creation: the freshest data), read in one statement
+/// so a reader sees the old export or the new one, never a mix.
+pub async fn latest_of_tenant(pool: &PgPool, tenant: &str) -> sqlx::Result<Option<ExportRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM exports WHERE tenant = $1 AND status = 'completed' ORDER BY id DESC LIMIT 1"
+    ))
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await
+}
+
+/// What a new export is asked for: the request, its hash, and where it came from.
+pub struct NewExport<'a> {
+    pub request: &'a ExportRequest,
+    pub request_hash: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub base: &'a BaseChoice,
+    pub schedule_id: Option<Uuid>,
+}
+
+/// Inserts the export and its first queue job in the caller's transaction; `None` when the
+/// idempotency key is taken.
+pub async fn insert(conn: &mut PgConnection, new: &NewExport<'_>) -> sqlx::Result<Option<ExportRow>> {
+    let (base_id, full_reason) = match new.base {
+        BaseChoice::None => (None, None),
+        BaseChoice::Base(id) => (Some(*id), None),
+        BaseChoice::Full(reason) => (None, Some(reason.as_str())),
+    };
+    let inserted: Option<ExportRow> = sqlx::query_as(&format!(
+        "INSERT INTO exports (id, tenant, request, request_hash, idempotency_key, base_id, mode, full_reason, schedule_id)
+         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7::text IS NOT NULL THEN 'full' END, $7, $8)
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING {COLUMNS}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(&new.request.tenant)
+    .bind(Json(new.request))
+    .bind(new.request_hash)
+    .bind(new.idempotency_key)
+    .bind(base_id)
+    .bind(full_reason)
+    .bind(new.schedule_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = &inserted {
+        queue::enqueue(conn, row.id, queue::JobKind::CreateJob).await?;
+    }
+    Ok(inserted)
 }
 
 pub enum Created {
@@ -160,48 +212,21 @@ pub enum Created {
 
 /// Inserts the export and its first queue job in one transaction.
 #[tracing::instrument(skip_all)]
-pub async fn create(
-    pool: &PgPool,
-    request: &ExportRequest,
-    request_hash: &str,
-    idempotency_key: Option<&str>,
-    base: &BaseChoice,
-) -> sqlx::Result<Created> {
-    let (base_id, full_reason) = match base {
-        BaseChoice::None => (None, None),
-        BaseChoice::Base(id) => (Some(*id), None),
-        BaseChoice::Full(reason) => (None, Some(reason.as_str())),
-    };
+pub async fn create(pool: &PgPool, new: &NewExport<'_>) -> sqlx::Result<Created> {
     let mut tx = pool.begin().await?;
-    let inserted: Option<ExportRow> = sqlx::query_as(&format!(
-        "INSERT INTO exports (id, tenant, request, request_hash, idempotency_key, base_id, mode, full_reason)
-         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7::text IS NOT NULL THEN 'full' END, $7)
-         ON CONFLICT (idempotency_key) DO NOTHING
-         RETURNING {COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(&request.tenant)
-    .bind(Json(request))
-    .bind(request_hash)
-    .bind(idempotency_key)
-    .bind(base_id)
-    .bind(full_reason)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(row) = inserted {
-        queue::enqueue(&mut tx, row.id, queue::JobKind::CreateJob).await?;
+    if let Some(row) = insert(&mut tx, new).await? {
         tx.commit().await?;
         return Ok(Created::New(row));
     }
     tx.rollback().await?;
     // The key is unique across tenants, so it is looked up alone; another tenant's use conflicts.
     let row = sqlx::query(&format!("SELECT {COLUMNS}, request_hash FROM exports WHERE idempotency_key = $1"))
-        .bind(idempotency_key)
+        .bind(new.idempotency_key)
         .fetch_one(pool)
         .await?;
     let hash: String = row.try_get("request_hash")?;
     let existing = ExportRow::from_row(&row)?;
-    Ok(if hash == request_hash { Created::Existing(existing) } else { Created::Conflict(existing) })
+    Ok(if hash == new.request_hash { Created::Existing(existing) } else { Created::Conflict(existing) })
 }
 
 #[tracing::instrument(skip_all)]

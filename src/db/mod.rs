@@ -5,6 +5,8 @@ pub mod incremental;
 pub mod profiles;
 pub mod rate_limits;
 pub mod roles;
+pub mod schedules;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -23,7 +23,9 @@ use super::{
     AppState,
 };
 use crate::{
-    db::exports::{self as store, BaseChoice, Cancelled, Created, ExportRow, ExportStatus, RolesStrategy, Stage},
+    db::exports::{
+        self as store, BaseChoice, Cancelled, Created, ExportRow, ExportStatus, NewExport, RolesStrategy, Stage,
+    },
     model::ExportRequest,
 };
 
@@ -43,6 +45,9 @@ pub struct ExportView {
     /// Present when the request named a `base`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incremental: Option<Incremental>,
+    /// The schedule that started this export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<Uuid>,
     #[schema(value_type = Option<Object>)]
     pub error: Option<Value>,
     pub cancel_requested: bool,
@@ -126,6 +131,7 @@ impl ExportView {
                 users_changed: row.users_changed,
                 mfa_refetched: row.mfa_refetched,
             }),
+            schedule_id: row.schedule_id,
             error: row.error.map(|e| e.0),
             cancel_requested: row.cancel_requested,
             created_at: row.created_at,
@@ -229,8 +235,15 @@ pub async fn create(
         },
     };
     let base = choose_base(&state, &request).await?;
-    let hash = hex(&Sha256::digest(serde_json::to_vec(&request).expect("request serialises")));
-    let row = match store::create(&state.pool, &request, &hash, key.as_deref(), &base).await? {
+    let hash = request_hash(&request);
+    let new = NewExport {
+        request: &request,
+        request_hash: &hash,
+        idempotency_key: key.as_deref(),
+        base: &base,
+        schedule_id: None,
+    };
+    let row = match store::create(&state.pool, &new).await? {
         Created::New(row) => {
             tracing::info!(export_id = %row.id, tenant = %row.tenant, "export queued");
             row
@@ -253,7 +266,7 @@ pub async fn create(
 async fn choose_base(state: &AppState, request: &ExportRequest) -> Result<BaseChoice, ApiError> {
     match request.base.as_deref() {
         None => Ok(BaseChoice::None),
-        Some("latest") => Ok(match store::latest_completed(&state.pool, request).await? {
+        Some("latest") => Ok(match store::latest_completed(&mut *state.pool.acquire().await?, request).await? {
             Some(id) => BaseChoice::Base(id),
             None => BaseChoice::Full("no completed export of this tenant asked for the same data".into()),
         }),
@@ -278,8 +291,10 @@ async fn choose_base(state: &AppState, request: &ExportRequest) -> Result<BaseCh
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// What an idempotency key is compared by: the normalised request's SHA-256.
+pub fn request_hash(request: &ExportRequest) -> String {
+    let digest = Sha256::digest(serde_json::to_vec(request).expect("request serialises"));
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// List exports, newest first.

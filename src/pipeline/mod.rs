@@ -178,9 +178,9 @@ impl Workers {
         Workers { pool, tenants, settings, worker_id, running: Running::default(), unwritten: Default::default() }
     }
 
-    /// Spawns the workers, the rescuer and the NOTIFY listener on `tracker`.
-    pub fn spawn(self, tracker: &TaskTracker, shutdown: CancellationToken) {
-        let wake = Arc::new(Notify::new());
+    /// Spawns the workers, the rescuer and the NOTIFY listener on `tracker`; the listener
+    /// wakes everyone waiting on `wake` when a job is queued.
+    pub fn spawn(self, tracker: &TaskTracker, wake: Arc<Notify>, shutdown: CancellationToken) {
         tracker.spawn(listen(self.pool.clone(), wake.clone(), self.running.clone(), shutdown.clone()));
         tracker.spawn(self.clone().rescue(shutdown.clone()));
         for n in 0..self.settings.concurrency.max(1) {

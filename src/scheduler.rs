@@ -1,0 +1,113 @@
+//! Starts the exports of due schedules: one per due time across every replica.
+//!
+//! Each replica looks for due schedules every poll interval. A due schedule's row is locked
+//! (`FOR UPDATE SKIP LOCKED`) while its export is created and its next due time written, all in
+//! one transaction: a replica that dies half-way commits nothing and the next one acts instead,
+//! and `schedule_runs`' key refuses a second run of the same due time whatever happens.
+
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    config::ScheduleSettings,
+    cron::Timing,
+    db::{
+        self,
+        exports::{BaseChoice, NewExport},
+        schedules::{RunOutcome, ScheduleRow},
+    },
+    http::exports::request_hash,
+};
+
+/// Schedules acted on per transaction.
+const BATCH: i64 = 20;
+
+pub async fn run(pool: PgPool, settings: ScheduleSettings, shutdown: CancellationToken) {
+    loop {
+        match tick(&pool).await {
+            Ok(acted) if acted == BATCH as usize => continue, // more may be due
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "starting due schedules failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(settings.poll_interval()) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Acts on the schedules due now; returns how many.
+pub async fn tick(pool: &PgPool) -> sqlx::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let (due, now) = db::schedules::lock_due(&mut tx, BATCH).await?;
+    let mut outcomes = Vec::with_capacity(due.len());
+    for schedule in &due {
+        outcomes.push(act(&mut tx, schedule, now).await?);
+    }
+    crate::crash_point::crash_point("scheduler.before_commit");
+    tx.commit().await?;
+    for outcome in outcomes {
+        metrics::counter!("exporter_schedule_runs_total", "outcome" => outcome.as_str()).increment(1);
+    }
+    Ok(due.len())
+}
+
+/// Starts (or skips) the run of one due schedule. Due times missed while no replica ran are
+/// folded into this one run: a recovery never starts a burst.
+async fn act(
+    conn: &mut PgConnection,
+    schedule: &ScheduleRow,
+    now: chrono::DateTime<chrono::Utc>,
+) -> sqlx::Result<RunOutcome> {
+    let timing = Timing::parse(&schedule.cron, &schedule.timezone);
+    let next = timing.as_ref().ok().and_then(|t| t.next_after(now));
+    let missed = timing.as_ref().map_or(0, |t| t.count_between(schedule.next_run_at, now));
+    // A schedule whose cron no longer fires (validated on write, so only by a library change)
+    // is parked far ahead instead of firing on every poll.
+    let next = next.unwrap_or(now + chrono::Duration::days(365 * 100));
+    let span = tracing::info_span!("schedule", schedule_id = %schedule.id, due = %schedule.next_run_at);
+    let _enter = span.enter();
+
+    if let Some(running) = db::schedules::active_export(conn, schedule.id).await? {
+        db::schedules::record_run(conn, schedule, RunOutcome::Skipped, Some(running), missed, next).await?;
+        let data = json!({
+            "schedule_id": schedule.id,
+            "tenant": schedule.tenant,
+            "due_at": schedule.next_run_at,
+            "reason": "the schedule's previous export is still running",
+            "running_export_id": running,
+            "runs_skipped": schedule.runs_skipped + 1,
+            "links": { "schedule": format!("/v1/schedules/{}", schedule.id), "running_export": format!("/v1/exports/{running}") },
+        });
+        db::webhooks::emit_event(conn, "schedule.skipped", &data).await?;
+        tracing::info!(%running, "schedule run skipped: its previous export is still running");
+        return Ok(RunOutcome::Skipped);
+    }
+
+    let mut request = schedule.request.0.clone();
+    let base = if schedule.incremental {
+        request.base = Some("latest".into());
+        match db::exports::latest_completed(conn, &request).await? {
+            Some(id) => BaseChoice::Base(id),
+            None => BaseChoice::Full("no completed export of this tenant asked for the same data".into()),
+        }
+    } else {
+        BaseChoice::None
+    };
+    let hash = request_hash(&request);
+    // The due time names the export too: a retried transaction cannot create a second one.
+    let key = format!("schedule:{}:{}", schedule.id, schedule.next_run_at.timestamp_micros());
+    let new = NewExport {
+        request: &request,
+        request_hash: &hash,
+        idempotency_key: Some(&key),
+        base: &base,
+        schedule_id: Some(schedule.id),
+    };
+    let export: Option<Uuid> = db::exports::insert(conn, &new).await?.map(|row| row.id);
+    db::schedules::record_run(conn, schedule, RunOutcome::Started, export, missed, next).await?;
+    tracing::info!(export_id = ?export, missed, "scheduled export queued");
+    Ok(RunOutcome::Started)
+}
