@@ -82,6 +82,7 @@ impl Application {
             metrics: telemetry::metrics_handle(),
             request_timeout: settings.request_timeout,
             completed: Default::default(),
+            webhooks_allow_http: settings.webhooks.allow_http,
         };
         Ok(Application {
             listener,

@@ -19,7 +19,7 @@ use super::{
     auth::{CanRead, CanWrite},
     caching::Validators,
     error::{ApiError, Problem},
-    params::{finish_page, AppPath, Params},
+    params::{finish_page, json_body, AppPath, Params},
     AppState,
 };
 use crate::{
@@ -195,7 +195,10 @@ pub fn parse_export_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 pub async fn load_export(state: &AppState, id: &str) -> Result<ExportRow, ApiError> {
-    let id = parse_export_id(id)?;
+    load_export_id(state, parse_export_id(id)?).await
+}
+
+pub async fn load_export_id(state: &AppState, id: Uuid) -> Result<ExportRow, ApiError> {
     store::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("export {id} does not exist")))
 }
 
@@ -215,15 +218,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(e.body_text()),
-        _ => ApiError::field("body", e.body_text()),
-    })?;
-    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Object(Default::default())
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::field("body", format!("not valid JSON: {e}")))?
-    };
+    let body = json_body(body)?;
     let request = ExportRequest::from_body(&body, &state.tenants.names()).map_err(ApiError::fields)?;
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -315,10 +310,7 @@ pub async fn list(
         .and_then(|s| ExportStatus::parse(&s));
     let tenant = params.text("tenant")?;
     let limit = params.limit()?;
-    let before = match params.cursor()? {
-        Some(k) => Some(Uuid::parse_str(&k).map_err(|_| ApiError::field("cursor", "not a cursor this API returned"))?),
-        None => None,
-    };
+    let before = params.uuid_cursor()?;
     let rows = store::list(&state.pool, status, tenant.as_deref(), before, limit).await?;
     let (rows, next_cursor) = finish_page(rows, limit, |r| r.id.to_string());
     let data = rows.into_iter().map(|r| {

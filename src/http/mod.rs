@@ -7,9 +7,12 @@ pub mod completed;
 pub mod error;
 pub mod exports;
 pub mod health;
+pub mod latest;
 pub mod openapi;
 pub mod params;
 pub mod profiles;
+pub mod schedules;
+pub mod webhooks;
 
 use std::{
     sync::{
@@ -49,6 +52,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Completed exports already read: their profiles are served without an export lookup.
     pub completed: Arc<completed::CompletedExports>,
+    /// Whether webhook endpoints may be plain `http://` (local tests only).
+    pub webhooks_allow_http: bool,
 }
 
 impl AppState {
@@ -71,6 +76,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/exports/{id}/profiles/{user_id}", get(profiles::get))
         .route("/v1/exports/{id}/download", get(profiles::download))
         .route("/v1/exports/{id}/changes", get(changes::list))
+        .route("/v1/schedules", post(schedules::create).get(schedules::list))
+        .route("/v1/schedules/{id}", get(schedules::get).patch(schedules::update).delete(schedules::delete))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/v1/webhooks/{id}", get(webhooks::get).patch(webhooks::update).delete(webhooks::delete))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", post(webhooks::redeliver))
+        .route("/v1/tenants/{tenant}/latest", get(latest::export))
+        .route("/v1/tenants/{tenant}/latest/profiles", get(latest::profiles))
+        .route("/v1/tenants/{tenant}/latest/profiles/{user_id}", get(latest::profile))
+        .route("/v1/tenants/{tenant}/latest/download", get(latest::download))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

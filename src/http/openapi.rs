@@ -11,9 +11,9 @@ use utoipa::{
 use super::{
     changes,
     error::Problem,
-    exports, health,
+    exports, health, latest,
     params::{DEFAULT_LIMIT, MAX_LIMIT},
-    profiles,
+    profiles, schedules, webhooks,
 };
 use crate::{
     db::exports::ExportStatus,
@@ -26,11 +26,16 @@ use crate::{
     paths(
         exports::create, exports::list, exports::get, exports::cancel, exports::delete,
         profiles::list, profiles::get, profiles::download, changes::list,
+        schedules::create, schedules::list, schedules::get, schedules::update, schedules::delete,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
+        webhooks::deliveries, webhooks::redeliver,
+        latest::export, latest::profiles, latest::profile, latest::download,
         health::livez, health::readyz, health::metrics, health::openapi,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
-    tags((name = "exports"), (name = "profiles"), (name = "operations"))
+    tags((name = "exports"), (name = "profiles"), (name = "schedules"), (name = "webhooks"), (name = "latest"),
+         (name = "operations"))
 )]
 struct ApiDoc;
 

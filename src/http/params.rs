@@ -1,11 +1,13 @@
 //! Query strings, page sizes and opaque keyset cursors, each bad value a 400 naming the parameter.
 
 use axum::{
-    extract::{FromRequestParts, Path},
-    http::request::Parts,
+    body::Bytes,
+    extract::{rejection::BytesRejection, FromRequestParts, Path},
+    http::{request::Parts, StatusCode},
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::Value;
 
 use super::error::ApiError;
 
@@ -73,7 +75,19 @@ impl Params {
 
     /// The keyset position a cursor carries.
     pub fn cursor(&self) -> Result<Option<String>, ApiError> {
+        Ok(self.pinned_cursor()?.map(|(key, _)| key))
+    }
+
+    /// The keyset position and, for the latest view, the export the sequence is pinned to.
+    pub fn pinned_cursor(&self) -> Result<Option<(String, Option<uuid::Uuid>)>, ApiError> {
         self.get("cursor").map(decode_cursor).transpose()
+    }
+
+    /// The id a cursor of a list keyed by uuid carries.
+    pub fn uuid_cursor(&self) -> Result<Option<uuid::Uuid>, ApiError> {
+        self.cursor()?
+            .map(|k| uuid::Uuid::parse_str(&k).map_err(|_| ApiError::field("cursor", "not a cursor this API returned")))
+            .transpose()
     }
 }
 
@@ -83,6 +97,18 @@ pub fn plain_text(field: &str, value: &str) -> Result<String, ApiError> {
         return Err(ApiError::field(field, "must not contain NUL characters"));
     }
     Ok(value.to_owned())
+}
+
+/// A JSON request body; an empty one reads as `{}` (every default).
+pub fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(e.body_text()),
+        _ => ApiError::field("body", e.body_text()),
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Default::default()));
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::field("body", format!("not valid JSON: {e}")))
 }
 
 /// Path parameters whose rejections are problem documents like every other error.
@@ -108,27 +134,41 @@ where
 struct Cursor {
     v: u8,
     k: String,
+    /// The export a page sequence of the latest view is pinned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e: Option<uuid::Uuid>,
 }
 
-/// base64url of `{"v":1,"k":<last key>}`: opaque to clients, versioned for us.
-pub fn encode_cursor(key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&Cursor { v: 1, k: key.to_owned() }).expect("cursor serialises"))
+/// base64url of `{"v":1,"k":<last key>}` (plus `"e":<export>` when pinned): opaque to clients,
+/// versioned for us.
+pub fn encode_cursor(key: &str, pin: Option<uuid::Uuid>) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&Cursor { v: 1, k: key.to_owned(), e: pin }).expect("cursor serialises"))
 }
 
-fn decode_cursor(raw: &str) -> Result<String, ApiError> {
+fn decode_cursor(raw: &str) -> Result<(String, Option<uuid::Uuid>), ApiError> {
     let bad = || ApiError::field("cursor", "not a cursor this API returned");
     let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
     match serde_json::from_slice::<Cursor>(&bytes) {
-        Ok(Cursor { v: 1, k }) if !k.is_empty() && !k.contains('\0') => Ok(k),
+        Ok(Cursor { v: 1, k, e }) if !k.is_empty() && !k.contains('\0') => Ok((k, e)),
         _ => Err(bad()),
     }
 }
 
 /// Splits the extra row a page query fetched off and turns the last key into `next_cursor`.
-pub fn finish_page<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
+pub fn finish_page<T>(rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
+    finish_page_in(rows, limit, key, None)
+}
+
+/// [`finish_page`] whose cursor is pinned to an export.
+pub fn finish_page_in<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    key: impl Fn(&T) -> String,
+    pin: Option<uuid::Uuid>,
+) -> (Vec<T>, Option<String>) {
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next = if more { rows.last().map(|r| encode_cursor(&key(r))) } else { None };
+    let next = if more { rows.last().map(|r| encode_cursor(&key(r), pin)) } else { None };
     (rows, next)
 }
 
@@ -155,9 +195,14 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
-        let c = encode_cursor("samlp|corp|a.b@corp.example");
+        let c = encode_cursor("samlp|corp|a.b@corp.example", None);
         let p = Params::parse(Some(&format!("cursor={c}")), &["cursor"]).unwrap();
         assert_eq!(p.cursor().unwrap().as_deref(), Some("samlp|corp|a.b@corp.example"));
+        // Pinned to an export (the latest view): the key and the export come back.
+        let export = uuid::Uuid::now_v7();
+        let c = encode_cursor("auth0|1", Some(export));
+        let p = Params::parse(Some(&format!("cursor={c}")), &["cursor"]).unwrap();
+        assert_eq!(p.pinned_cursor().unwrap(), Some(("auth0|1".to_owned(), Some(export))));
         for bad in [
             "x",
             "e30",
@@ -183,7 +228,7 @@ mod tests {
     fn page_split_sets_next_cursor_only_when_more() {
         let (rows, next) = finish_page(vec![1, 2, 3], 2, |r| r.to_string());
         assert_eq!(rows, [1, 2]);
-        assert_eq!(decode_cursor(&next.unwrap()).unwrap(), "2");
+        assert_eq!(decode_cursor(&next.unwrap()).unwrap(), ("2".to_owned(), None));
         assert_eq!(finish_page(vec![1, 2], 2, |r| r.to_string()).1, None);
     }
 }

@@ -12,13 +12,14 @@ use axum::{
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::{
     auth::CanRead,
     caching::{self, Validators},
     error::{ApiError, Problem},
-    exports::{load_export, parse_export_id},
-    params::{finish_page, page_body, plain_text, AppPath, Params},
+    exports::{load_export, load_export_id, parse_export_id},
+    params::{finish_page_in, page_body, plain_text, AppPath, Params},
     AppState,
 };
 use crate::db::{
@@ -54,16 +55,35 @@ pub async fn list(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref(), &["limit", "cursor", "role", "has_mfa", "connection", "email"])?;
-    let limit = params.limit()?;
+    let params = Params::parse(q.as_deref(), &PAGE_PARAMS)?;
+    let export_id = parse_export_id(&id)?;
     let after = params.cursor()?;
+    page(&state, export_id, &params, after, None, &format!("profiles?{}", q.as_deref().unwrap_or("")), &headers).await
+}
+
+/// The query parameters of a profile page.
+pub const PAGE_PARAMS: [&str; 6] = ["limit", "cursor", "role", "has_mfa", "connection", "email"];
+
+/// One page of an export's profiles. `pin` makes `next_cursor` name the export, so a page
+/// sequence of the latest view finishes on the export it started on; `variant` tells cached
+/// copies of different queries apart.
+pub async fn page(
+    state: &AppState,
+    export_id: Uuid,
+    params: &Params,
+    after: Option<String>,
+    pin: Option<Uuid>,
+    variant: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let limit = params.limit()?;
     let filter = ProfileFilter {
         role: params.text("role")?,
         has_mfa: params.bool("has_mfa")?,
         connection: params.text("connection")?,
         email: params.text("email")?,
     };
-    let (export, cached) = export_to_read(&state, &id).await?;
+    let (export, cached) = export_to_read(state, export_id).await?;
     let request = &export.request;
     if filter.has_mfa.is_some() && !request.enrich.any_mfa() {
         return Err(ApiError::field("has_mfa", "this export fetched no MFA data (enrich.authentication_methods, authenticators and enrollments are all off)"));
@@ -79,10 +99,10 @@ pub async fn list(
             return Err(ApiError::field(param, format!("this export did not export the {field} field")));
         }
     }
-    let validators = completed_validators(&export, &format!("profiles?{}", q.as_deref().unwrap_or("")));
-    if let Some(v) = validators.as_ref().filter(|v| v.fresh(&headers)) {
+    let validators = completed_validators(&export, variant);
+    if let Some(v) = validators.as_ref().filter(|v| v.fresh(headers)) {
         if cached {
-            load_export(&state, &id).await?; // still there?
+            load_export_id(state, export_id).await?; // still there?
         }
         return Ok(v.not_modified());
     }
@@ -91,9 +111,9 @@ pub async fn list(
         // No rows either because the page is empty or because the export is gone (deleted,
         // perhaps through another replica): only the export's row tells which.
         state.completed.forget(export.id);
-        load_export(&state, &id).await?;
+        load_export_id(state, export_id).await?;
     }
-    let (rows, next_cursor) = finish_page(rows, limit, |r| r.user_id.clone());
+    let (rows, next_cursor) = finish_page_in(rows, limit, |r| r.user_id.clone(), pin);
     let capacity = rows.iter().map(|r| r.document.len() + 256).sum();
     let body = page_body(rows.iter().map(ProfileRow::merged_text), capacity, &next_cursor);
     let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
@@ -103,12 +123,11 @@ pub async fn list(
 
 /// The export whose profiles are read, from memory when it is completed and already known
 /// (true), else from its row.
-async fn export_to_read(state: &AppState, id: &str) -> Result<(Arc<ExportRow>, bool), ApiError> {
-    let export_id = parse_export_id(id)?;
+async fn export_to_read(state: &AppState, export_id: Uuid) -> Result<(Arc<ExportRow>, bool), ApiError> {
     if let Some(export) = state.completed.get(export_id) {
         return Ok((export, true));
     }
-    Ok((state.completed.offer(load_export(state, id).await?), false))
+    Ok((state.completed.offer(load_export_id(state, export_id).await?), false))
 }
 
 /// The validators of data read from `export`: only a completed export's data never changes.
@@ -142,19 +161,24 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let user_id = plain_text("user_id", &user_id)?;
-    let (export, cached) = export_to_read(&state, &id).await?;
+    one(&state, parse_export_id(&id)?, &user_id, &headers).await
+}
+
+/// One merged profile of an export.
+pub async fn one(state: &AppState, export_id: Uuid, user_id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let (export, cached) = export_to_read(state, export_id).await?;
     let validators = completed_validators(&export, &format!("profiles/{user_id}"));
-    if let Some(v) = validators.as_ref().filter(|v| v.fresh(&headers)) {
+    if let Some(v) = validators.as_ref().filter(|v| v.fresh(headers)) {
         if cached {
-            load_export(&state, &id).await?; // still there?
+            load_export_id(state, export_id).await?; // still there?
         }
         return Ok(v.not_modified());
     }
     let missing = || ApiError::NotFound(format!("user {user_id:?} is not in export {}", export.id));
-    let Some(row) = store::get(&state.pool, export.id, &user_id).await? else {
+    let Some(row) = store::get(&state.pool, export.id, user_id).await? else {
         if cached {
             state.completed.forget(export.id);
-            load_export(&state, &id).await?;
+            load_export_id(state, export_id).await?;
         }
         return Err(missing());
     };
@@ -190,15 +214,25 @@ pub async fn download(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref(), &["format"])?;
+    let export = load_export(&state, &id).await?;
+    stream_export(&state, export, q.as_deref(), &headers).await
+}
+
+/// The whole of one export, in the format the query asks for.
+pub async fn stream_export(
+    state: &AppState,
+    export: ExportRow,
+    q: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q, &["format"])?;
     let format = match params.choice("format", &["ndjson", "json", "csv"])?.as_deref() {
         Some("json") => Format::Json,
         Some("csv") => Format::Csv,
         _ => Format::Ndjson,
     };
-    let export = load_export(&state, &id).await?;
-    let validators = completed_validators(&export, &format!("download?{}", q.as_deref().unwrap_or("")));
-    if let Some(v) = validators.as_ref().filter(|v| v.fresh(&headers)) {
+    let validators = completed_validators(&export, &format!("download?{}", q.unwrap_or("")));
+    if let Some(v) = validators.as_ref().filter(|v| v.fresh(headers)) {
         return Ok(v.not_modified());
     }
     if export.status != ExportStatus::Completed {

@@ -4,6 +4,7 @@
 mod exact;
 mod exports;
 mod faults;
+mod freshness;
 mod helpers;
 mod incremental;
 mod layout;

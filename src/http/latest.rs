@@ -1,0 +1,156 @@
+//! `/v1/tenants/{tenant}/latest`: the tenant's newest completed export, for dashboards that
+//! want one URL. It switches when a newer export completes, in the same commit that completes
+//! it; page sequences are pinned by their cursor to the export they started on.
+
+use axum::{
+    extract::{RawQuery, State},
+    http::{header, HeaderMap, HeaderValue},
+    response::{IntoResponse, Response},
+};
+use uuid::Uuid;
+
+use super::{
+    auth::CanRead,
+    caching::Validators,
+    error::{ApiError, Problem},
+    exports::ExportView,
+    params::{plain_text, AppPath, Params},
+    profiles::{self, ProfileList, PAGE_PARAMS},
+    AppState,
+};
+use crate::db::exports::{self as store, ExportRow};
+
+async fn latest(state: &AppState, tenant: &str) -> Result<ExportRow, ApiError> {
+    if state.tenants.get(tenant).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "tenant {tenant:?} is not configured; configured: {}",
+            state.tenants.names().join(", ")
+        )));
+    }
+    store::latest_of_tenant(&state.pool, tenant)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("tenant {tenant} has no completed export yet")))
+}
+
+/// Names the export a response was served from.
+fn served_from(mut response: Response, export: Uuid) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&format!("/v1/exports/{export}")) {
+        response.headers_mut().insert(header::CONTENT_LOCATION, value);
+    }
+    response
+}
+
+/// The tenant's newest completed export (its ETag changes exactly when a newer one completes).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/latest", tag = "latest", params(("tenant" = String, Path)),
+    responses((status = 200, body = ExportView, headers(("Content-Location" = String, description = "the export served"))),
+              (status = 304, description = "not modified: still the same export"),
+              (status = 404, body = Problem, description = "unknown tenant, or no completed export yet")),
+    security(("bearer" = ["read"])))]
+pub async fn export(
+    State(state): State<AppState>,
+    _: CanRead,
+    AppPath(tenant): AppPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let row = latest(&state, &tenant).await?;
+    let (id, finished_at) = (row.id, row.finished_at);
+    let rate = state.rate_limit(&row.tenant);
+    let body = serde_json::to_vec(&ExportView::new(row, rate)).map_err(anyhow::Error::from)?;
+    let validators = Validators::of_bytes(&body, finished_at);
+    if validators.fresh(&headers) {
+        return Ok(served_from(validators.not_modified(), id));
+    }
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    validators.apply(response.headers_mut());
+    Ok(served_from(response, id))
+}
+
+/// The latest export's profiles, with the filters and pages of `/v1/exports/{id}/profiles`.
+/// `next_cursor` stays on the export the first page came from, even after a newer one
+/// completes; if that export is deleted meanwhile, the next page is `410`: start again.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/latest/profiles", tag = "latest",
+    params(("tenant" = String, Path), ("limit" = Option<i64>, Query, description = "1..=1000, default 100"),
+           ("cursor" = Option<String>, Query), ("role" = Option<String>, Query, description = "exact role name"),
+           ("has_mfa" = Option<bool>, Query, description = "a confirmed MFA factor; needs an MFA enrichment"),
+           ("connection" = Option<String>, Query, description = "identities[0].connection"),
+           ("email" = Option<String>, Query, description = "exact email")),
+    responses((status = 200, body = ProfileList, headers(("Content-Location" = String, description = "the export served"))),
+              (status = 304, description = "not modified"), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 410, body = Problem, description = "the export this page sequence started on was deleted: restart without a cursor")),
+    security(("bearer" = ["read"])))]
+pub async fn profiles(
+    State(state): State<AppState>,
+    _: CanRead,
+    AppPath(tenant): AppPath<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref(), &PAGE_PARAMS)?;
+    let (after, export) = match params.pinned_cursor()? {
+        Some((key, Some(export))) => (Some(key), pinned(&state, &tenant, export).await?),
+        Some((_, None)) => return Err(ApiError::field("cursor", "not a cursor of this view: restart without one")),
+        None => (None, latest(&state, &tenant).await?.id),
+    };
+    let variant = format!("latest/profiles?{}", q.as_deref().unwrap_or(""));
+    let response = profiles::page(&state, export, &params, after, Some(export), &variant, &headers).await;
+    Ok(served_from(response.map_err(|e| gone_if_deleted(e, export))?, export))
+}
+
+/// The export a cursor is pinned to, if it is still one of this tenant's.
+async fn pinned(state: &AppState, tenant: &str, export: Uuid) -> Result<Uuid, ApiError> {
+    match store::get(&state.pool, export).await? {
+        Some(row) if row.tenant == tenant => Ok(export),
+        Some(_) => Err(ApiError::field("cursor", "a cursor of another tenant's view")),
+        None => Err(gone(export)),
+    }
+}
+
+fn gone(export: Uuid) -> ApiError {
+    ApiError::Gone(format!(
+        "export {export}, which this page sequence started on, was deleted; restart from the first page (no cursor)"
+    ))
+}
+
+fn gone_if_deleted(e: ApiError, export: Uuid) -> ApiError {
+    match e {
+        ApiError::NotFound(m) if m.starts_with("export ") => gone(export),
+        other => other,
+    }
+}
+
+/// One merged profile of the latest export.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/latest/profiles/{user_id}", tag = "latest",
+    params(("tenant" = String, Path), ("user_id" = String, Path)),
+    responses((status = 200, body = Object, headers(("Content-Location" = String, description = "the export served"))),
+              (status = 304, description = "not modified"), (status = 404, body = Problem)),
+    security(("bearer" = ["read"])))]
+pub async fn profile(
+    State(state): State<AppState>,
+    _: CanRead,
+    AppPath((tenant, user_id)): AppPath<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user_id = plain_text("user_id", &user_id)?;
+    let export = latest(&state, &tenant).await?.id;
+    Ok(served_from(profiles::one(&state, export, &user_id, &headers).await?, export))
+}
+
+/// The whole latest export, as `/v1/exports/{id}/download` serves it.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/latest/download", tag = "latest",
+    params(("tenant" = String, Path), ("format" = Option<String>, Query, description = "ndjson (default) | json | csv")),
+    responses((status = 200, description = "NDJSON lines, one JSON array, or CSV",
+               headers(("Content-Location" = String, description = "the export served"),
+                       ("Content-Disposition" = String, description = "attachment; filename=\"export-<id>.<format>\""))),
+              (status = 304, description = "not modified"), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = ["read"])))]
+pub async fn download(
+    State(state): State<AppState>,
+    _: CanRead,
+    AppPath(tenant): AppPath<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let export = latest(&state, &tenant).await?;
+    let id = export.id;
+    Ok(served_from(profiles::stream_export(&state, export, q.as_deref(), &headers).await?, id))
+}

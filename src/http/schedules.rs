@@ -1,0 +1,319 @@
+//! `/v1/schedules`: cron schedules of exports.
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, RawQuery, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{
+    auth::{CanRead, CanWrite},
+    error::{ApiError, Problem},
+    params::{finish_page, json_body, AppPath, Params},
+    AppState,
+};
+use crate::{
+    cron::Timing,
+    db::schedules::{self as store, ScheduleRow, ScheduleSpec},
+    model::{Enrich, ExportRequest, FieldError},
+};
+
+/// Longest description accepted.
+const MAX_DESCRIPTION: usize = 500;
+
+/// A schedule as clients see it.
+#[derive(Serialize, ToSchema)]
+pub struct ScheduleView {
+    pub id: Uuid,
+    pub tenant: String,
+    /// 5 fields, or 6 with seconds first.
+    pub cron: String,
+    /// The IANA time zone the cron fields are read in.
+    pub timezone: String,
+    /// The export body of every run.
+    pub export: ScheduleExport,
+    /// Each run builds on the tenant's latest completed export of the same data.
+    pub incremental: bool,
+    pub enabled: bool,
+    pub description: Option<String>,
+    /// The next due time (while enabled).
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub runs: ScheduleRuns,
+    /// The last due time acted on, and the export it started.
+    pub last_due_at: Option<DateTime<Utc>>,
+    pub last_export_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What each run exports (as in `POST /v1/exports`, without `tenant` and `base`).
+#[derive(Serialize, ToSchema)]
+pub struct ScheduleExport {
+    pub connection_id: Option<String>,
+    pub limit: Option<i64>,
+    pub fields: Vec<String>,
+    pub enrich: Enrich,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ScheduleRuns {
+    /// Due times that started an export.
+    pub started: i64,
+    /// Due times skipped because the schedule's previous export was still running.
+    pub skipped: i64,
+}
+
+impl From<ScheduleRow> for ScheduleView {
+    fn from(row: ScheduleRow) -> ScheduleView {
+        let request = row.request.0;
+        ScheduleView {
+            id: row.id,
+            tenant: row.tenant,
+            cron: row.cron,
+            timezone: row.timezone,
+            export: ScheduleExport {
+                connection_id: request.connection_id,
+                limit: request.limit,
+                fields: request.fields,
+                enrich: request.enrich,
+            },
+            incremental: row.incremental,
+            enabled: row.enabled,
+            description: row.description,
+            next_run_at: row.enabled.then_some(row.next_run_at),
+            runs: ScheduleRuns { started: row.runs_started, skipped: row.runs_skipped },
+            last_due_at: row.last_due_at,
+            last_export_id: row.last_export_id,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ScheduleList {
+    pub data: Vec<ScheduleView>,
+    pub next_cursor: Option<String>,
+}
+
+const KEYS: [&str; 7] = ["tenant", "cron", "timezone", "export", "incremental", "enabled", "description"];
+
+/// Validates a whole schedule body, naming every bad field; returns it with its timing.
+fn validate(body: &Value, tenants: &[String]) -> Result<(ScheduleSpec, Timing), ApiError> {
+    let Value::Object(obj) = body else {
+        return Err(ApiError::field("body", "must be a JSON object"));
+    };
+    let mut errors = Vec::new();
+    for key in obj.keys().filter(|k| !KEYS.contains(&k.as_str())) {
+        errors.push(FieldError::new(key.clone(), format!("unknown field; accepted: {}", KEYS.join(", "))));
+    }
+    let text = |key: &str, errors: &mut Vec<FieldError>| match obj.get(key) {
+        Some(Value::String(s)) if !s.contains('\0') => Some(s.clone()),
+        Some(Value::String(_)) => {
+            errors.push(FieldError::new(key, "must not contain NUL characters"));
+            None
+        }
+        None | Some(Value::Null) => None,
+        Some(_) => {
+            errors.push(FieldError::new(key, "must be a string"));
+            None
+        }
+    };
+    let flag = |key: &str, default: bool, errors: &mut Vec<FieldError>| match obj.get(key) {
+        None | Some(Value::Null) => default,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.push(FieldError::new(key, "must be true or false"));
+            default
+        }
+    };
+    let cron = text("cron", &mut errors);
+    if cron.is_none() && !errors.iter().any(|e| e.field == "cron") {
+        errors.push(FieldError::new("cron", "required: 5 fields, or 6 with seconds first (e.g. \"0 3 * * *\")"));
+    }
+    let timezone = text("timezone", &mut errors).unwrap_or_else(|| "UTC".into());
+    let incremental = flag("incremental", false, &mut errors);
+    let enabled = flag("enabled", true, &mut errors);
+    let description = text("description", &mut errors);
+    if description.as_ref().is_some_and(|d| d.chars().count() > MAX_DESCRIPTION) {
+        errors.push(FieldError::new("description", format!("at most {MAX_DESCRIPTION} characters")));
+    }
+
+    // The export body, validated as POST /v1/exports would, with the schedule's tenant.
+    let mut export = match obj.get("export") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(o)) => o.clone(),
+        Some(_) => {
+            errors.push(FieldError::new("export", "must be an object (the POST /v1/exports body)"));
+            Map::new()
+        }
+    };
+    for key in ["tenant", "base"] {
+        if export.remove(key).is_some() {
+            let why = if key == "tenant" { "set the schedule's tenant instead" } else { "set incremental instead" };
+            errors.push(FieldError::new(format!("export.{key}"), why));
+        }
+    }
+    if let Some(t) = obj.get("tenant") {
+        export.insert("tenant".into(), t.clone());
+    }
+    let request = match ExportRequest::from_body(&Value::Object(export), tenants) {
+        Ok(r) => Some(r),
+        Err(errs) => {
+            errors.extend(errs.into_iter().map(|e| match e.field.as_str() {
+                "tenant" => e,
+                _ => FieldError::new(format!("export.{}", e.field), e.message),
+            }));
+            None
+        }
+    };
+    let timing = match cron.as_deref().map(|c| Timing::parse(c, &timezone)) {
+        Some(Ok(t)) => Some(t),
+        Some(Err((field, message))) => {
+            errors.push(FieldError::new(field, message));
+            None
+        }
+        None => None,
+    };
+    match (request, timing, cron) {
+        (Some(request), Some(timing), Some(cron)) if errors.is_empty() => {
+            Ok((ScheduleSpec { cron, timezone, request, incremental, enabled, description }, timing))
+        }
+        _ => Err(ApiError::fields(errors)),
+    }
+}
+
+/// The body a schedule would be created with, so a PATCH can be applied on top and validated whole.
+fn body_of(row: &ScheduleRow) -> Map<String, Value> {
+    let mut export = serde_json::to_value(&row.request.0).expect("request serialises");
+    if let Value::Object(o) = &mut export {
+        o.remove("tenant");
+        o.remove("base");
+    }
+    let view = serde_json::json!({
+        "tenant": row.tenant, "cron": row.cron, "timezone": row.timezone, "export": export,
+        "incremental": row.incremental, "enabled": row.enabled, "description": row.description,
+    });
+    match view {
+        Value::Object(o) => o,
+        _ => unreachable!("a json! object"),
+    }
+}
+
+fn next_due(timing: &Timing) -> Result<DateTime<Utc>, ApiError> {
+    timing.next_after(Utc::now()).ok_or_else(|| ApiError::field("cron", "never matches a date"))
+}
+
+pub fn parse_schedule_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::field("id", format!("{raw:?} is not a schedule id")))
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("schedule {id} does not exist"))
+}
+
+/// Create a schedule; its first run is at the next due time.
+#[utoipa::path(post, path = "/v1/schedules", tag = "schedules",
+    request_body(content = Object, description = "tenant, cron (required), timezone (IANA, default UTC), export (the POST /v1/exports body without tenant and base), incremental, enabled, description"),
+    responses((status = 201, body = ScheduleView, headers(("Location" = String, description = "the schedule's URL"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = ["write"])))]
+pub async fn create(
+    State(state): State<AppState>,
+    _: CanWrite,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    let (spec, timing) = validate(&body, &state.tenants.names())?;
+    let row = store::insert(&state.pool, &spec, next_due(&timing)?).await?;
+    tracing::info!(schedule_id = %row.id, tenant = %row.tenant, cron = %row.cron, "schedule created");
+    let location = format!("/v1/schedules/{}", row.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(ScheduleView::from(row))).into_response())
+}
+
+/// List schedules, newest first.
+#[utoipa::path(get, path = "/v1/schedules", tag = "schedules",
+    params(("tenant" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "1..=1000, default 100"),
+           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = ScheduleList), (status = 400, body = Problem), (status = 401, body = Problem)),
+    security(("bearer" = ["read"])))]
+pub async fn list(
+    State(state): State<AppState>,
+    _: CanRead,
+    RawQuery(q): RawQuery,
+) -> Result<Json<ScheduleList>, ApiError> {
+    let params = Params::parse(q.as_deref(), &["tenant", "limit", "cursor"])?;
+    let tenant = params.text("tenant")?;
+    let limit = params.limit()?;
+    let before = params.uuid_cursor()?;
+    let rows = store::list(&state.pool, tenant.as_deref(), before, limit).await?;
+    let (rows, next_cursor) = finish_page(rows, limit, |r| r.id.to_string());
+    Ok(Json(ScheduleList { data: rows.into_iter().map(ScheduleView::from).collect(), next_cursor }))
+}
+
+/// One schedule.
+#[utoipa::path(get, path = "/v1/schedules/{id}", tag = "schedules", params(("id" = Uuid, Path)),
+    responses((status = 200, body = ScheduleView), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = ["read"])))]
+pub async fn get(
+    State(state): State<AppState>,
+    _: CanRead,
+    AppPath(id): AppPath<String>,
+) -> Result<Json<ScheduleView>, ApiError> {
+    let id = parse_schedule_id(&id)?;
+    let row = store::get(&state.pool, id).await?.ok_or_else(|| not_found(id))?;
+    Ok(Json(row.into()))
+}
+
+/// Change a schedule: the fields given replace the current ones (`export` as a whole). A changed
+/// or re-enabled schedule next runs at its next due time from now.
+#[utoipa::path(patch, path = "/v1/schedules/{id}", tag = "schedules", params(("id" = Uuid, Path)),
+    request_body(content = Object, description = "any of tenant, cron, timezone, export, incremental, enabled, description"),
+    responses((status = 200, body = ScheduleView), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = ["write"])))]
+pub async fn update(
+    State(state): State<AppState>,
+    _: CanWrite,
+    AppPath(id): AppPath<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ScheduleView>, ApiError> {
+    let id = parse_schedule_id(&id)?;
+    let Value::Object(patch) = json_body(body)? else {
+        return Err(ApiError::field("body", "must be a JSON object"));
+    };
+    let mut tx = state.pool.begin().await?;
+    let current = store::lock(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
+    let mut merged = body_of(&current);
+    merged.extend(patch);
+    let (spec, timing) = validate(&Value::Object(merged), &state.tenants.names())?;
+    // Unchanged timing keeps its due time, so an unrelated edit cannot skip or repeat a run.
+    let same_timing = spec.cron == current.cron && spec.timezone == current.timezone && current.enabled;
+    let next = if same_timing { current.next_run_at } else { next_due(&timing)? };
+    let row = store::update(&mut tx, id, &spec, next).await?.ok_or_else(|| not_found(id))?;
+    tx.commit().await?;
+    Ok(Json(row.into()))
+}
+
+/// Delete a schedule; the exports it started stay.
+#[utoipa::path(delete, path = "/v1/schedules/{id}", tag = "schedules", params(("id" = Uuid, Path)),
+    responses((status = 204, description = "deleted"), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = ["write"])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    _: CanWrite,
+    AppPath(id): AppPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_schedule_id(&id)?;
+    if store::delete(&state.pool, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found(id))
+    }
+}
