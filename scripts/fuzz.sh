@@ -201,6 +201,14 @@ wait_completed() { # ID
 # incremental one (after the sim changed some users) for /changes when the document has it ---
 doc=$(curl -fsS "$base/openapi.json")
 has_path() { "$py" -c 'import json, sys; sys.exit(0 if sys.argv[1] in json.load(sys.stdin)["paths"] else 1)' "$1" <<<"$doc"; }
+# Webhooks first, so the exports below leave deliveries to list (to an endpoint that refuses
+# connections: they stay pending, retried); schedules due once a year.
+webhook_body='{"url":"https://127.0.0.1:9/hook","events":["export.completed","export.failed"]}'
+webhook_id=$(api POST /v1/webhooks "$webhook_body" | json_field id)
+webhook_delete_id=$(api POST /v1/webhooks "$webhook_body" | json_field id)
+schedule_body='{"cron":"0 0 1 1 *","timezone":"Europe/Berlin","export":{"fields":["user_id","email"]}}'
+schedule_id=$(api POST /v1/schedules "$schedule_body" | json_field id)
+schedule_delete_id=$(api POST /v1/schedules "$schedule_body" | json_field id)
 export_id=$(api POST /v1/exports '{}' | json_field id)
 delete_id=$(api POST /v1/exports '{}' | json_field id)
 cancel_id=$(api POST /v1/exports '{}' | json_field id)
@@ -209,10 +217,18 @@ first_page=$(api GET "/v1/exports/$export_id/profiles?limit=1")
 user_id=$(json_field data.0.user_id <<<"$first_page")
 profiles_cursor=$(json_field next_cursor <<<"$first_page")
 exports_cursor=$(api GET "/v1/exports?limit=1" | json_field next_cursor)
-if [ "$profiles_cursor" = None ] || [ "$exports_cursor" = None ]; then
-  echo "the first pages (limit=1) have no next_cursor" >&2
-  exit 1
-fi
+schedules_cursor=$(api GET "/v1/schedules?limit=1" | json_field next_cursor)
+webhooks_cursor=$(api GET "/v1/webhooks?limit=1" | json_field next_cursor)
+first_delivery=$(api GET "/v1/webhooks/$webhook_id/deliveries?limit=1")
+delivery_id=$(json_field data.0.id <<<"$first_delivery")
+deliveries_cursor=$(json_field next_cursor <<<"$first_delivery")
+latest_cursor=$(api GET "/v1/tenants/sim/latest/profiles?limit=1" | json_field next_cursor)
+for c in "$profiles_cursor" "$exports_cursor" "$schedules_cursor" "$webhooks_cursor" "$deliveries_cursor" "$latest_cursor"; do
+  if [ "$c" = None ]; then
+    echo "a first page (limit=1) has no next_cursor" >&2
+    exit 1
+  fi
+done
 changes_id=""
 changes_cursor=""
 if has_path "/v1/exports/{id}/changes"; then
@@ -253,6 +269,35 @@ parameters = { "query.cursor" = $(toml_str "$exports_cursor") }
 [[operations]]
 include-name = "GET /v1/exports/{id}/profiles"
 parameters = { "query.cursor" = $(toml_str "$profiles_cursor") }
+
+[[operations]]
+include-name = "GET /v1/schedules"
+parameters = { "query.cursor" = $(toml_str "$schedules_cursor") }
+
+[[operations]]
+include-name = "GET /v1/webhooks"
+parameters = { "query.cursor" = $(toml_str "$webhooks_cursor") }
+
+[[operations]]
+include-name = "GET /v1/webhooks/{id}/deliveries"
+parameters = { "query.cursor" = $(toml_str "$deliveries_cursor") }
+
+# The latest view of the sim tenant; its cursors are pinned to the export they started on.
+[[operations]]
+include-name = "GET /v1/tenants/{tenant}/latest/profiles"
+parameters = { "path.tenant" = "sim", "query.cursor" = $(toml_str "$latest_cursor") }
+
+[[operations]]
+include-path-regex = '^/v1/tenants/\\{tenant\\}/latest(/download|/profiles/\\{user_id\\})?$'
+parameters = { "path.tenant" = "sim" }
+
+# A valid cron expression or webhook URL is more than a pattern can say (which dates a cron
+# names, which hosts a URL may have): schema-valid bodies may still be refused with a 400 that
+# names the field, so these routes are held to every check but positive-data acceptance.
+[[operations]]
+include-path-regex = '^/v1/(schedules|webhooks)(/\\{id\\})?$'
+include-method-regex = '^(POST|PATCH)$'
+checks = { positive_data_acceptance = { enabled = false } }
 EOF
   if [ -n "$changes_id" ]; then
     local changes_id_param=""
@@ -285,6 +330,25 @@ parameters = { "path.id" = $(toml_str "$delete_id") }
 [[operations]]
 include-name = "POST /v1/exports/{id}/cancel"
 parameters = { "path.id" = $(toml_str "$cancel_id") }
+
+# Schedules and webhooks: real ids of their own; DELETE gets one it may remove.
+[[operations]]
+include-path-regex = '^/v1/schedules/\\{id\\}$'
+include-method-regex = '^(GET|PATCH)$'
+parameters = { "path.id" = $(toml_str "$schedule_id") }
+
+[[operations]]
+include-name = "DELETE /v1/schedules/{id}"
+parameters = { "path.id" = $(toml_str "$schedule_delete_id") }
+
+[[operations]]
+include-path-regex = '^/v1/webhooks/\\{id\\}(/deliveries.*)?$'
+include-method-regex = '^(GET|PATCH|POST)$'
+parameters = { "path.id" = $(toml_str "$webhook_id"), "path.delivery_id" = $(toml_str "$delivery_id") }
+
+[[operations]]
+include-name = "DELETE /v1/webhooks/{id}"
+parameters = { "path.id" = $(toml_str "$webhook_delete_id") }
 EOF
 } >"$unit_cfg"
 {

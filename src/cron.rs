@@ -20,6 +20,11 @@ const MISSED_COUNT_CAP: u32 = 10_000;
 impl Timing {
     /// Parses both parts; each error names its field.
     pub fn parse(cron: &str, timezone: &str) -> Result<Timing, (&'static str, String)> {
+        // croner reads more than cron's characters (tabs, other whitespace); the API documents
+        // these, so anything else is refused here.
+        if let Some(c) = cron.chars().find(|c| !(*c == ' ' || c.is_ascii_alphanumeric() || "*/,?#-".contains(*c))) {
+            return Err(("cron", format!("{c:?} is not a cron character (fields are separated by spaces)")));
+        }
         let fields = cron.split_whitespace().count();
         if !(5..=6).contains(&fields) {
             return Err(("cron", format!("needs 5 fields, or 6 with seconds first; got {fields}")));

@@ -65,8 +65,17 @@ pub fn document(tenants: &[String]) -> Value {
     }
     add_conditional_parameters(&mut doc);
     constrain_parameters(&mut doc);
-    if let Some(body) = doc.pointer_mut("/paths/~1v1~1exports/post/requestBody") {
-        *body = create_body(tenants);
+    let bodies = [
+        ("/paths/~1v1~1exports/post/requestBody", create_body(tenants)),
+        ("/paths/~1v1~1schedules/post/requestBody", schedule_body(tenants, true)),
+        ("/paths/~1v1~1schedules~1{id}/patch/requestBody", schedule_body(tenants, false)),
+        ("/paths/~1v1~1webhooks/post/requestBody", webhook_body(true)),
+        ("/paths/~1v1~1webhooks~1{id}/patch/requestBody", webhook_body(false)),
+    ];
+    for (pointer, schema) in bodies {
+        if let Some(body) = doc.pointer_mut(pointer) {
+            *body = schema;
+        }
     }
     doc
 }
@@ -98,7 +107,7 @@ fn complete_operation(path: &str, method: &str, operation: &mut Value) {
     if path.contains('{') {
         add("404", "no such resource");
     }
-    if method == "post" && path == "/v1/exports" {
+    if operation_has_body(path, method) {
         add("413", "the body is too large");
     }
     // Any request can meet a database outage or its time limit.
@@ -138,14 +147,19 @@ fn complete_operation(path: &str, method: &str, operation: &mut Value) {
     }
 }
 
+fn operation_has_body(path: &str, method: &str) -> bool {
+    matches!((method, path), ("post", "/v1/exports" | "/v1/schedules" | "/v1/webhooks") | ("patch", _))
+}
+
 /// Text without NUL: Postgres cannot hold it, so such a value is a 400.
 const NO_NUL: &str = "^[^\\u0000]+$";
 
 /// The schema each parameter's validation enforces (src/http/params.rs, the handlers), so that
 /// every value the document allows is accepted and every other is a 400.
-fn parameter_schema(name: &str) -> Option<Value> {
+fn parameter_schema(path: &str, name: &str) -> Option<Value> {
     Some(match name {
-        "id" => json!({ "type": "string", "format": "uuid" }),
+        "id" | "delivery_id" => json!({ "type": "string", "format": "uuid" }),
+        "status" if path.ends_with("/deliveries") => json!({ "type": "string", "enum": ["pending", "succeeded", "failed"] }),
         "limit" => json!({ "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT }),
         "status" => json!({ "type": "string", "enum": ExportStatus::ALL.map(ExportStatus::as_str) }),
         // Opaque (base64url): the `next_cursor` of the previous page.
@@ -161,13 +175,13 @@ fn parameter_schema(name: &str) -> Option<Value> {
 
 fn constrain_parameters(doc: &mut Value) {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
-    for item in paths.values_mut() {
+    for (path, item) in paths.iter_mut() {
         let Some(item) = item.as_object_mut() else { continue };
         for operation in item.values_mut() {
             let Some(parameters) = operation.get_mut("parameters").and_then(Value::as_array_mut) else { continue };
             for parameter in parameters {
                 let name = parameter["name"].as_str().unwrap_or_default().to_owned();
-                if let Some(schema) = parameter_schema(&name) {
+                if let Some(schema) = parameter_schema(path, &name) {
                     parameter["schema"] = schema;
                 }
             }
@@ -204,20 +218,39 @@ fn header(description: &str, required: bool, kind: &str) -> Value {
 /// The create body: each field, its enum and bound, exactly what `ExportRequest::from_body`
 /// accepts.
 fn create_body(tenants: &[String]) -> Value {
+    let mut properties = export_properties();
+    let (tenant, required) = tenant_property(tenants);
+    properties.insert("tenant".into(), tenant);
+    properties.insert(
+        "base".into(),
+        json!({
+            "description": "an incremental export: build on this completed export of the same data (or the newest one, `latest`); the result is complete on its own, only MFA factors that may have changed are fetched again",
+            "type": ["string", "null"],
+            "pattern": "^(latest|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$",
+        }),
+    );
+    json_body("the export to run; an empty body exports every user with the defaults", properties, required)
+}
+
+/// The `tenant` field, and whether it is required (with more than one tenant configured).
+fn tenant_property(tenants: &[String]) -> (Value, Vec<&'static str>) {
     let mut tenant = json!({
         "description": "a configured tenant; may be omitted when the service has only one",
         "type": "string",
         "enum": tenants,
     });
-    let mut required = vec![];
     if tenants.len() == 1 {
         tenant["type"] = json!(["string", "null"]);
         tenant["enum"] = json!([tenants[0], null]);
+        (tenant, vec![])
     } else {
-        required.push("tenant");
+        (tenant, vec!["tenant"])
     }
+}
+
+/// What an export asks for (the create body without `tenant` and `base`).
+fn export_properties() -> Map<String, Value> {
     let mut properties = Map::new();
-    properties.insert("tenant".into(), tenant);
     properties.insert(
         "connection_id".into(),
         json!({ "description": "export only this connection's users", "type": ["string", "null"],
@@ -239,14 +272,6 @@ fn create_body(tenants: &[String]) -> Value {
             "default": DEFAULT_FIELDS,
         }),
     );
-    properties.insert(
-        "base".into(),
-        json!({
-            "description": "an incremental export: build on this completed export of the same data (or the newest one, `latest`); the result is complete on its own, only MFA factors that may have changed are fetched again",
-            "type": ["string", "null"],
-            "pattern": "^(latest|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$",
-        }),
-    );
     let flag =
         |description: &str, default: bool| json!({ "description": description, "type": "boolean", "default": default });
     properties.insert(
@@ -263,8 +288,12 @@ fn create_body(tenants: &[String]) -> Value {
             },
         }),
     );
+    properties
+}
+
+fn json_body(description: &str, properties: Map<String, Value>, required: Vec<&str>) -> Value {
     json!({
-        "description": "the export to run; an empty body exports every user with the defaults",
+        "description": description,
         "required": false,
         "content": { "application/json": { "schema": {
             "type": "object",
@@ -273,4 +302,66 @@ fn create_body(tenants: &[String]) -> Value {
             "properties": properties,
         } } },
     })
+}
+
+/// Characters a cron field may hold; croner decides the rest (a pattern cannot say which
+/// combinations are dates), and answers 400 naming `cron`.
+const CRON_PATTERN: &str = "^ *[0-9A-Za-z*/,?#-]+( +[0-9A-Za-z*/,?#-]+){4,5} *$";
+const NULLABLE_TEXT: &str = "^[^\\u0000]*$";
+
+/// A schedule body (`required`: create; else a PATCH, which replaces the fields it gives).
+fn schedule_body(tenants: &[String], create: bool) -> Value {
+    let (tenant, tenant_required) = tenant_property(tenants);
+    let export = export_properties();
+    let flag = |description: &str, default: bool| {
+        json!({ "description": description, "type": ["boolean", "null"], "default": default })
+    };
+    let mut properties = Map::new();
+    properties.insert("tenant".into(), tenant);
+    properties.insert(
+        "cron".into(),
+        json!({ "description": "5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first",
+                "type": "string", "pattern": CRON_PATTERN, "examples": ["0 3 * * *"] }),
+    );
+    properties.insert(
+        "timezone".into(),
+        json!({ "description": "the IANA time zone the cron fields are read in (default UTC)",
+                "type": ["string", "null"],
+                "enum": chrono_tz::TZ_VARIANTS.iter().map(|z| Value::from(z.name())).chain([Value::Null]).collect::<Vec<_>>() }),
+    );
+    properties.insert(
+        "export".into(),
+        json!({ "description": "the POST /v1/exports body of every run, without tenant and base",
+                "type": ["object", "null"], "additionalProperties": false, "properties": export }),
+    );
+    properties.insert("incremental".into(), flag("each run builds on the tenant's latest completed export", false));
+    properties.insert("enabled".into(), flag("runs at its due times", true));
+    properties.insert(
+        "description".into(),
+        json!({ "type": ["string", "null"], "maxLength": 500, "pattern": NULLABLE_TEXT }),
+    );
+    let required = if create { [vec!["cron"], tenant_required].concat() } else { vec![] };
+    json_body("a cron schedule of exports", properties, required)
+}
+
+/// A webhook endpoint body (`create`, or a PATCH replacing the fields it gives).
+fn webhook_body(create: bool) -> Value {
+    let mut properties = Map::new();
+    properties.insert(
+        "url".into(),
+        json!({ "description": "where deliveries are POSTed: https:// (http:// only with WEBHOOK_ALLOW_HTTP), no credentials",
+                "type": "string", "maxLength": 2048, "pattern": "^https?://[!-~]+$" }),
+    );
+    properties.insert(
+        "events".into(),
+        json!({ "type": "array", "minItems": 1, "uniqueItems": true,
+                "items": { "type": "string", "enum": super::webhooks::EVENTS } }),
+    );
+    properties.insert(
+        "description".into(),
+        json!({ "type": ["string", "null"], "maxLength": 500, "pattern": NULLABLE_TEXT }),
+    );
+    properties.insert("enabled".into(), json!({ "type": ["boolean", "null"], "default": true }));
+    let required = if create { vec!["url", "events"] } else { vec![] };
+    json_body("a webhook endpoint", properties, required)
 }

@@ -212,6 +212,9 @@ fn check_url(raw: &str, allow_http: bool) -> Result<(), String> {
     if raw.len() > MAX_URL {
         return Err(format!("at most {MAX_URL} characters"));
     }
+    if !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be visible ASCII: percent-encode anything else".into());
+    }
     let url = reqwest::Url::parse(raw).map_err(|e| format!("not an absolute URL: {e}"))?;
     match url.scheme() {
         "https" => {}
@@ -219,7 +222,7 @@ fn check_url(raw: &str, allow_http: bool) -> Result<(), String> {
         "http" => return Err("must be https:// (WEBHOOK_ALLOW_HTTP allows http:// for local tests)".into()),
         other => return Err(format!("scheme {other:?} is not https")),
     }
-    if url.host_str().is_none_or(str::is_empty) {
+    if url.host_str().map_or(true, str::is_empty) {
         return Err("needs a host".into());
     }
     if !url.username().is_empty() || url.password().is_some() {
