@@ -159,7 +159,9 @@ const NO_NUL: &str = "^[^\\u0000]+$";
 fn parameter_schema(path: &str, name: &str) -> Option<Value> {
     Some(match name {
         "id" | "delivery_id" => json!({ "type": "string", "format": "uuid" }),
-        "status" if path.ends_with("/deliveries") => json!({ "type": "string", "enum": ["pending", "succeeded", "failed"] }),
+        "status" if path.ends_with("/deliveries") => {
+            json!({ "type": "string", "enum": ["pending", "succeeded", "failed"] })
+        }
         "limit" => json!({ "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT }),
         "status" => json!({ "type": "string", "enum": ExportStatus::ALL.map(ExportStatus::as_str) }),
         // Opaque (base64url): the `next_cursor` of the previous page.
@@ -313,9 +315,7 @@ const NULLABLE_TEXT: &str = "^[^\\u0000]*$";
 fn schedule_body(tenants: &[String], create: bool) -> Value {
     let (tenant, tenant_required) = tenant_property(tenants);
     let export = export_properties();
-    let flag = |description: &str, default: bool| {
-        json!({ "description": description, "type": ["boolean", "null"], "default": default })
-    };
+    let flag = |description: &str, default: bool| json!({ "description": description, "type": ["boolean", "null"], "default": default });
     let mut properties = Map::new();
     properties.insert("tenant".into(), tenant);
     properties.insert(

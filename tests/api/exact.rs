@@ -126,7 +126,7 @@ fn url_encode(s: &str) -> String {
 }
 
 /// Runs the migrations up to and including version `last`: the schema a field database holds.
-async fn migrate_through(pool: &PgPool, last: &str) {
+pub async fn migrate_through(pool: &PgPool, last: &str) {
     let dir = std::env::temp_dir().join(format!("migrations-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");

@@ -540,3 +540,40 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn an_export_queued_before_the_upgrade_runs_after_it_and_is_announced() {
+    let url = fresh_database().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    crate::exact::migrate_through(&pool, "20261130000004").await;
+    let request = json!({"tenant": "sim", "connection_id": null, "limit": null, "fields": ["user_id"],
+                         "enrich": {"roles": false, "authentication_methods": false, "authenticators": false, "enrollments": false}});
+    let export = Uuid::now_v7();
+    sqlx::query("INSERT INTO exports (id, tenant, request, request_hash) VALUES ($1, 'sim', $2, 'h')")
+        .bind(export)
+        .bind(&request)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO queue_jobs (export_id, kind) VALUES ($1, 'create_job')")
+        .bind(export)
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The upgrade (schedules, webhooks, delivery jobs on the same queue) keeps that job valid.
+    auth0_exporter::db::MIGRATOR.run(&pool).await.unwrap();
+    pool.close().await;
+
+    let sim = Arc::new(Sim::start(sim_config(8), "127.0.0.1:0".parse().unwrap()).await.unwrap());
+    let app = spawn_with_settings(sim, webhook_settings(&url), Role::Api).await;
+    let (hook_url, seen) = start_receiver("127.0.0.1:0".parse().unwrap(), Behaviour::FailFirst(0)).await;
+    let (webhook, secret) = create_webhook(&app, &hook_url, &["export.completed"]).await;
+    let _worker = spawn_with_settings(app.sim.clone(), webhook_settings(&url), Role::Worker).await;
+    app.wait_for(&export.to_string(), "completed").await;
+    wait_deliveries(&app, &webhook, 1, "succeeded").await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(verify(&secret, &seen[0]));
+    let payload: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(payload["data"]["export_id"], export.to_string());
+    assert_eq!(payload["data"]["counts"]["users_total"], 8);
+}
