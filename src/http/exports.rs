@@ -17,9 +17,10 @@ use uuid::Uuid;
 
 use super::{
     auth::{CanRead, CanWrite},
+    body::json_body,
     caching::Validators,
     error::{ApiError, Problem},
-    params::{finish_page, json_body, AppPath, Params},
+    params::{finish_page, AppPath, Params},
     AppState,
 };
 use crate::{

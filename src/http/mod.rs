@@ -1,6 +1,7 @@
 //! The REST API: routes, shared state, request metrics and the generated OpenAPI document.
 
 pub mod auth;
+pub mod body;
 pub mod caching;
 pub mod changes;
 pub mod completed;

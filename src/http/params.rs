@@ -1,13 +1,11 @@
 //! Query strings, page sizes and opaque keyset cursors, each bad value a 400 naming the parameter.
 
 use axum::{
-    body::Bytes,
-    extract::{rejection::BytesRejection, FromRequestParts, Path},
-    http::{request::Parts, StatusCode},
+    extract::{FromRequestParts, Path},
+    http::request::Parts,
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use serde_json::Value;
 
 use super::error::ApiError;
 
@@ -97,18 +95,6 @@ pub fn plain_text(field: &str, value: &str) -> Result<String, ApiError> {
         return Err(ApiError::field(field, "must not contain NUL characters"));
     }
     Ok(value.to_owned())
-}
-
-/// A JSON request body; an empty one reads as `{}` (every default).
-pub fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(e.body_text()),
-        _ => ApiError::field("body", e.body_text()),
-    })?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Object(Default::default()));
-    }
-    serde_json::from_slice(&body).map_err(|e| ApiError::field("body", format!("not valid JSON: {e}")))
 }
 
 /// Path parameters whose rejections are problem documents like every other error.

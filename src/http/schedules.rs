@@ -15,18 +15,16 @@ use uuid::Uuid;
 
 use super::{
     auth::{CanRead, CanWrite},
+    body::{json_body, Fields},
     error::{ApiError, Problem},
-    params::{finish_page, json_body, AppPath, Params},
+    params::{finish_page, AppPath, Params},
     AppState,
 };
 use crate::{
     cron::Timing,
     db::schedules::{self as store, ScheduleRow, ScheduleSpec},
-    model::{Enrich, ExportRequest, FieldError},
+    model::{Enrich, ExportRequest},
 };
-
-/// Longest description accepted.
-const MAX_DESCRIPTION: usize = 500;
 
 /// A schedule as clients see it.
 #[derive(Serialize, ToSchema)]
@@ -107,87 +105,55 @@ const KEYS: [&str; 7] = ["tenant", "cron", "timezone", "export", "incremental", 
 
 /// Validates a whole schedule body, naming every bad field; returns it with its timing.
 fn validate(body: &Value, tenants: &[String]) -> Result<(ScheduleSpec, Timing), ApiError> {
-    let Value::Object(obj) = body else {
-        return Err(ApiError::field("body", "must be a JSON object"));
-    };
-    let mut errors = Vec::new();
-    for key in obj.keys().filter(|k| !KEYS.contains(&k.as_str())) {
-        errors.push(FieldError::new(key.clone(), format!("unknown field; accepted: {}", KEYS.join(", "))));
-    }
-    let text = |key: &str, errors: &mut Vec<FieldError>| match obj.get(key) {
-        Some(Value::String(s)) if !s.contains('\0') => Some(s.clone()),
-        Some(Value::String(_)) => {
-            errors.push(FieldError::new(key, "must not contain NUL characters"));
-            None
-        }
-        None | Some(Value::Null) => None,
-        Some(_) => {
-            errors.push(FieldError::new(key, "must be a string"));
-            None
-        }
-    };
-    let flag = |key: &str, default: bool, errors: &mut Vec<FieldError>| match obj.get(key) {
-        None | Some(Value::Null) => default,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            errors.push(FieldError::new(key, "must be true or false"));
-            default
-        }
-    };
-    let cron = text("cron", &mut errors);
-    if cron.is_none() && !errors.iter().any(|e| e.field == "cron") {
-        errors.push(FieldError::new("cron", "required: 5 fields, or 6 with seconds first (e.g. \"0 3 * * *\")"));
-    }
-    let timezone = text("timezone", &mut errors).unwrap_or_else(|| "UTC".into());
-    let incremental = flag("incremental", false, &mut errors);
-    let enabled = flag("enabled", true, &mut errors);
-    let description = text("description", &mut errors);
-    if description.as_ref().is_some_and(|d| d.chars().count() > MAX_DESCRIPTION) {
-        errors.push(FieldError::new("description", format!("at most {MAX_DESCRIPTION} characters")));
-    }
+    let mut f = Fields::new(body, &KEYS)?;
+    let cron = f.required_text("cron", "5 fields, or 6 with seconds first (e.g. \"0 3 * * *\")");
+    let timezone = f.text("timezone").unwrap_or_else(|| "UTC".into());
+    let incremental = f.flag("incremental", false);
+    let enabled = f.flag("enabled", true);
+    let description = f.description();
 
     // The export body, validated as POST /v1/exports would, with the schedule's tenant.
-    let mut export = match obj.get("export") {
-        None | Some(Value::Null) => Map::new(),
+    let mut export = match f.get("export") {
+        None => Map::new(),
         Some(Value::Object(o)) => o.clone(),
         Some(_) => {
-            errors.push(FieldError::new("export", "must be an object (the POST /v1/exports body)"));
+            f.error("export", "must be an object (the POST /v1/exports body)");
             Map::new()
         }
     };
-    for key in ["tenant", "base"] {
+    for (key, why) in [("tenant", "set the schedule's tenant instead"), ("base", "set incremental instead")] {
         if export.remove(key).is_some() {
-            let why = if key == "tenant" { "set the schedule's tenant instead" } else { "set incremental instead" };
-            errors.push(FieldError::new(format!("export.{key}"), why));
+            f.error(format!("export.{key}"), why);
         }
     }
-    if let Some(t) = obj.get("tenant") {
+    if let Some(t) = f.get("tenant") {
         export.insert("tenant".into(), t.clone());
     }
     let request = match ExportRequest::from_body(&Value::Object(export), tenants) {
         Ok(r) => Some(r),
-        Err(errs) => {
-            errors.extend(errs.into_iter().map(|e| match e.field.as_str() {
-                "tenant" => e,
-                _ => FieldError::new(format!("export.{}", e.field), e.message),
-            }));
+        Err(errors) => {
+            for e in errors {
+                let field = if e.field == "tenant" { e.field } else { format!("export.{}", e.field) };
+                f.error(field, e.message);
+            }
             None
         }
     };
     let timing = match cron.as_deref().map(|c| Timing::parse(c, &timezone)) {
         Some(Ok(t)) => Some(t),
         Some(Err((field, message))) => {
-            errors.push(FieldError::new(field, message));
+            f.error(field, message);
             None
         }
         None => None,
     };
-    match (request, timing, cron) {
-        (Some(request), Some(timing), Some(cron)) if errors.is_empty() => {
-            Ok((ScheduleSpec { cron, timezone, request, incremental, enabled, description }, timing))
+    let spec = match (request, timing, cron) {
+        (Some(request), Some(timing), Some(cron)) => {
+            Some((ScheduleSpec { cron, timezone, request, incremental, enabled, description }, timing))
         }
-        _ => Err(ApiError::fields(errors)),
-    }
+        _ => None,
+    };
+    f.finish(spec)
 }
 
 /// The body a schedule would be created with, so a PATCH can be applied on top and validated whole.

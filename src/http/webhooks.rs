@@ -15,20 +15,19 @@ use uuid::Uuid;
 
 use super::{
     auth::{CanRead, CanWrite},
+    body::{json_body, Fields},
     error::{ApiError, Problem},
-    params::{finish_page, json_body, AppPath, Params},
+    params::{finish_page, AppPath, Params},
     AppState,
 };
 use crate::{
     db::webhooks::{self as store, AttemptRow, DeliveryRow, Redelivery, WebhookRow, WebhookSpec},
-    model::FieldError,
     webhooks::signature,
 };
 
 /// The events an endpoint may subscribe to.
 pub const EVENTS: [&str; 4] = ["export.completed", "export.failed", "export.cancelled", "schedule.skipped"];
 const MAX_URL: usize = 2048;
-const MAX_DESCRIPTION: usize = 500;
 const KEYS: [&str; 4] = ["url", "events", "description", "enabled"];
 
 /// A webhook endpoint as clients see it (the secret is shown only when it is created).
@@ -138,74 +137,31 @@ fn delivery_view(row: DeliveryRow, attempts: &[AttemptRow]) -> DeliveryView {
 
 /// Validates a whole endpoint body, naming every bad field.
 fn validate(body: &Value, allow_http: bool) -> Result<WebhookSpec, ApiError> {
-    let Value::Object(obj) = body else {
-        return Err(ApiError::field("body", "must be a JSON object"));
-    };
-    let mut errors = Vec::new();
-    for key in obj.keys().filter(|k| !KEYS.contains(&k.as_str())) {
-        errors.push(FieldError::new(key.clone(), format!("unknown field; accepted: {}", KEYS.join(", "))));
+    let mut f = Fields::new(body, &KEYS)?;
+    let url = f.required_text("url", "the https:// URL deliveries are POSTed to");
+    if let Some(Err(message)) = url.as_deref().map(|u| check_url(u, allow_http)) {
+        f.error("url", message);
     }
-    let url = match obj.get("url") {
-        Some(Value::String(u)) => match check_url(u, allow_http) {
-            Ok(()) => Some(u.clone()),
-            Err(message) => {
-                errors.push(FieldError::new("url", message));
-                None
-            }
-        },
-        None | Some(Value::Null) => {
-            errors.push(FieldError::new("url", "required"));
-            None
-        }
-        Some(_) => {
-            errors.push(FieldError::new("url", "must be a string"));
-            None
-        }
-    };
-    let mut events = Vec::new();
-    match obj.get("events") {
+    let mut events: Vec<String> = Vec::new();
+    match f.get("events") {
         Some(Value::Array(items)) if !items.is_empty() => {
             for (i, item) in items.iter().enumerate() {
-                match item.as_str() {
-                    Some(e) if EVENTS.contains(&e) && !events.iter().any(|x| x == e) => events.push(e.to_owned()),
-                    Some(e) if EVENTS.contains(&e) => {
-                        errors.push(FieldError::new(format!("events[{i}]"), format!("{e} is listed twice")))
+                match item.as_str().filter(|e| EVENTS.contains(e)) {
+                    Some(e) if events.iter().any(|x| x == e) => {
+                        f.error(format!("events[{i}]"), format!("{e} is listed twice"))
                     }
-                    _ => errors
-                        .push(FieldError::new(format!("events[{i}]"), format!("must be one of {}", EVENTS.join(", ")))),
+                    Some(e) => events.push(e.to_owned()),
+                    None => f.error(format!("events[{i}]"), format!("must be one of {}", EVENTS.join(", "))),
                 }
             }
         }
-        None | Some(Value::Null) => {
-            errors.push(FieldError::new("events", format!("required: some of {}", EVENTS.join(", "))))
-        }
-        Some(_) => {
-            errors.push(FieldError::new("events", format!("must be a non-empty array of {}", EVENTS.join(", "))))
-        }
+        None => f.error("events", format!("required: some of {}", EVENTS.join(", "))),
+        Some(_) => f.error("events", format!("must be a non-empty array of {}", EVENTS.join(", "))),
     }
-    let description = match obj.get("description") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(d)) if d.chars().count() <= MAX_DESCRIPTION && !d.contains('\0') => Some(d.clone()),
-        Some(_) => {
-            errors.push(FieldError::new(
-                "description",
-                format!("must be a string of at most {MAX_DESCRIPTION} characters"),
-            ));
-            None
-        }
-    };
-    let enabled = match obj.get("enabled") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            errors.push(FieldError::new("enabled", "must be true or false"));
-            true
-        }
-    };
-    match url {
-        Some(url) if errors.is_empty() => Ok(WebhookSpec { url, events, description, enabled }),
-        _ => Err(ApiError::fields(errors)),
-    }
+    let description = f.description();
+    let enabled = f.flag("enabled", true);
+    let spec = url.map(|url| WebhookSpec { url, events, description, enabled });
+    f.finish(spec)
 }
 
 fn check_url(raw: &str, allow_http: bool) -> Result<(), String> {

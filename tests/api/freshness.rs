@@ -141,8 +141,7 @@ async fn webhooks_survive_failing_and_slow_receivers_and_verify_independently() 
     let database_url = fresh_database().await;
     let app = spawn_with_settings(sim, webhook_settings(&database_url), Role::All).await;
 
-    // Validation names the field; http:// is refused without WEBHOOK_ALLOW_HTTP (tested in
-    // surface), an unknown event is a 400 here.
+    // An unknown event is a 400 naming it (the rest of validation: schedule_and_webhook_requests_…).
     let resp =
         app.post("/v1/webhooks", WRITE_TOKEN, &json!({ "url": "http://x/h", "events": ["export.exploded"] })).await;
     assert_eq!(resp.status(), 400);
@@ -576,4 +575,87 @@ async fn an_export_queued_before_the_upgrade_runs_after_it_and_is_announced() {
     let payload: Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!(payload["data"]["export_id"], export.to_string());
     assert_eq!(payload["data"]["counts"]["users_total"], 8);
+}
+
+#[tokio::test]
+async fn schedule_and_webhook_requests_are_validated_scoped_and_paged() {
+    let app = spawn_app().await; // WEBHOOK_ALLOW_HTTP is off
+    let problem = |resp: reqwest::Response| async move {
+        let status = resp.status();
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        (status, resp.json::<Value>().await.unwrap())
+    };
+    for (body, field) in [
+        (json!({ "url": "http://hooks.example/x", "events": ["export.completed"] }), "url"),
+        (json!({ "url": "https://user:pw@hooks.example/x", "events": ["export.completed"] }), "url"),
+        (json!({ "url": "https://hooks.example/\u{e9}", "events": ["export.completed"] }), "url"),
+        (json!({ "url": "ftp://hooks.example/x", "events": ["export.completed"] }), "url"),
+        (json!({ "events": ["export.completed"] }), "url"),
+        (json!({ "url": "https://hooks.example/x", "events": [] }), "events"),
+        (json!({ "url": "https://hooks.example/x", "events": ["export.failed", "export.failed"] }), "events[1]"),
+        (json!({ "url": "https://hooks.example/x", "events": ["export.failed"], "secret": "mine" }), "secret"),
+        (
+            json!({ "url": "https://hooks.example/x", "events": ["export.failed"], "description": "x".repeat(501) }),
+            "description",
+        ),
+    ] {
+        let (status, p) = problem(app.post("/v1/webhooks", WRITE_TOKEN, &body).await).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(p["errors"].as_array().unwrap().iter().any(|e| e["field"] == field), "{body}: {p}");
+    }
+    // Scopes: reading needs read, changing needs write.
+    let body = json!({ "url": "https://hooks.example/a", "events": ["export.failed"] });
+    assert_eq!(app.post("/v1/webhooks", READ_TOKEN, &body).await.status(), 403);
+    assert_eq!(app.post("/v1/schedules", READ_TOKEN, &json!({ "cron": "0 3 * * *" })).await.status(), 403);
+    assert_eq!(app.get("/v1/webhooks", "nope").await.status(), 401);
+
+    // Keyset pages of webhooks and schedules, newest first.
+    let mut made = Vec::new();
+    for i in 0..3 {
+        let body = json!({ "url": format!("https://hooks.example/{i}"), "events": ["export.failed"] });
+        made.push(create_webhook(&app, body["url"].as_str().unwrap(), &["export.failed"]).await.0);
+    }
+    let page = app.get_json("/v1/webhooks?limit=2").await;
+    assert_eq!(page["data"][0]["id"], made[2].as_str());
+    let rest = app.get_json(&format!("/v1/webhooks?limit=2&cursor={}", page["next_cursor"].as_str().unwrap())).await;
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["data"][0]["id"], made[0].as_str());
+    assert!(rest["next_cursor"].is_null());
+    assert_eq!(app.get("/v1/webhooks?cursor=garbage", READ_TOKEN).await.status(), 400);
+
+    // A PATCH replaces what it names and validates the whole result.
+    let resp =
+        send(&app, reqwest::Method::PATCH, &format!("/v1/webhooks/{}", made[0]), Some(&json!({ "enabled": false })))
+            .await;
+    assert_eq!(resp.status(), 200);
+    let patched: Value = resp.json().await.unwrap();
+    assert_eq!((patched["enabled"].clone(), patched["url"].clone()), (json!(false), json!("https://hooks.example/0")));
+    let resp =
+        send(&app, reqwest::Method::PATCH, &format!("/v1/webhooks/{}", made[0]), Some(&json!({ "url": null }))).await;
+    assert_eq!(problem(resp).await.0, 400);
+
+    // Schedules: an unrelated edit keeps the due time; a new cron moves it.
+    let resp = app.post("/v1/schedules", WRITE_TOKEN, &json!({ "cron": "0 3 * * *", "timezone": "Asia/Tokyo" })).await;
+    assert_eq!(resp.status(), 201);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let schedule: Value = resp.json().await.unwrap();
+    assert_eq!(location, format!("/v1/schedules/{}", schedule["id"].as_str().unwrap()));
+    let due: chrono::DateTime<chrono::Utc> = schedule["next_run_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(due.format("%H:%M").to_string(), "18:00", "03:00 in Tokyo is 18:00 UTC");
+    assert_eq!(schedule["export"]["enrich"]["roles"], true, "the export body's defaults are filled in");
+    let resp = send(&app, reqwest::Method::PATCH, &location, Some(&json!({ "description": "nightly" }))).await;
+    let edited: Value = resp.json().await.unwrap();
+    assert_eq!(edited["next_run_at"], schedule["next_run_at"]);
+    assert_eq!(edited["description"], "nightly");
+    let resp = send(&app, reqwest::Method::PATCH, &location, Some(&json!({ "cron": "30 4 * * *" }))).await;
+    let moved: Value = resp.json().await.unwrap();
+    let due: chrono::DateTime<chrono::Utc> = moved["next_run_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(due.format("%H:%M").to_string(), "19:30");
+    let resp = send(&app, reqwest::Method::PATCH, &location, Some(&json!({ "cron": "0 3 * *\t*" }))).await;
+    let (status, p) = problem(resp).await;
+    assert_eq!((status.as_u16(), p["errors"][0]["field"].clone()), (400, json!("cron")));
+    let list = app.get_json("/v1/schedules?tenant=sim").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    assert_eq!(app.get("/v1/schedules/not-a-uuid", READ_TOKEN).await.status(), 400);
+    assert_eq!(app.get(&format!("/v1/schedules/{}", Uuid::now_v7()), READ_TOKEN).await.status(), 404);
 }
