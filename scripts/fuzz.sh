@@ -44,18 +44,7 @@ while [ $# -gt 0 ]; do
 done
 
 # --- schemathesis, pinned, in a venv of its own (reused when it holds the pinned version) ---
-if [ ! -x "$venv/bin/st" ] || [ "$("$venv/bin/st" --version 2>/dev/null)" != "st, version $ST_VERSION" ]; then
-  # Debian ships venv (ensurepip) as a package of its own.
-  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
-  fi
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "schemathesis==$ST_VERSION"
-fi
+scripts/python-venv.sh "$venv" "schemathesis==$ST_VERSION" >/dev/null
 py="$venv/bin/python"
 
 if [ "$build" -eq 1 ]; then

@@ -6,18 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/sdk-venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import auth0' 2>/dev/null; then
-  # Debian ships venv (ensurepip) as a package of its own.
-  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
-  fi
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q auth0-python==6.8.0
-fi
+scripts/python-venv.sh "$venv" auth0-python==6.8.0 >/dev/null
 
 cargo build -q -p auth0-sim
 bin=target/debug/auth0-sim

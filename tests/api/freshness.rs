@@ -659,3 +659,70 @@ async fn schedule_and_webhook_requests_are_validated_scoped_and_paged() {
     assert_eq!(app.get("/v1/schedules/not-a-uuid", READ_TOKEN).await.status(), 400);
     assert_eq!(app.get(&format!("/v1/schedules/{}", Uuid::now_v7()), READ_TOKEN).await.status(), 404);
 }
+
+/// The Python of a venv holding the Standard Webhooks library (made on first use).
+fn standard_webhooks_python() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new(format!("{root}/scripts/python-venv.sh"))
+        .args(["target/webhook-venv", "standardwebhooks==1.1.0"])
+        .current_dir(root)
+        .output()
+        .expect("scripts/python-venv.sh runs");
+    assert!(out.status.success(), "making the venv failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn the_readme_receiver_verifies_deliveries_with_the_standard_webhooks_library() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let python = standard_webhooks_python();
+    let sim = Arc::new(Sim::start(sim_config(10), "127.0.0.1:0".parse().unwrap()).await.unwrap());
+    let database_url = fresh_database().await;
+    let app = spawn_with_settings(sim, webhook_settings(&database_url), Role::All).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/exporter");
+    let (webhook, secret) = create_webhook(&app, &url, &["export.completed"]).await;
+    let mut receiver = tokio::process::Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples/webhook_receiver.py"))
+        .env("EXPORTER_WEBHOOK_SECRET", &secret)
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the receiver starts");
+    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(first["listening"], port);
+
+    // A forged delivery (signed with another secret) is refused by the library.
+    let now = chrono::Utc::now().timestamp();
+    let other = auth0_exporter::webhooks::signature::new_secret();
+    let resp = app
+        .http
+        .post(&url)
+        .header("webhook-id", "msg_forged")
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", auth0_exporter::webhooks::signature::sign(&other, "msg_forged", now, b"{}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let rejected: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(rejected["rejected"], "No matching signature found");
+
+    let export = app.create_export(json!({ "fields": ["user_id"] })).await;
+    app.wait_for(&export, "completed").await;
+    let event: Value = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the receiver got the event")
+        .unwrap()
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .unwrap();
+    assert_eq!(event["type"], "export.completed");
+    assert_eq!(event["export_id"], export.as_str());
+    assert_eq!(event["links"]["export"], format!("/v1/exports/{export}"));
+    let list = wait_deliveries(&app, &webhook, 1, "succeeded").await;
+    assert_eq!(list[0]["event_id"], event["id"]);
+}
