@@ -78,6 +78,11 @@ pub struct WorkerSettings {
     /// keeps them. Set from the top-level `export_retention` / `EXPORT_RETENTION`.
     #[serde(skip)]
     pub export_retention: Option<Duration>,
+    /// Finished webhook deliveries (with their attempts and events) and schedule runs older
+    /// than this are deleted by the sweeper; `None` keeps them. From the top-level
+    /// `history_retention` / `HISTORY_RETENTION`.
+    #[serde(skip)]
+    pub history_retention: Option<Duration>,
     /// First wait of an Auth0 call's bounded retries (5xx, network); later waits double, four
     /// retries in all. Stages then wait out longer outages on their own, starting at 4 × this.
     pub auth0_retry_base_ms: u64,
@@ -141,6 +146,7 @@ struct FileConfig {
     schedules: ScheduleSettings,
     request_timeout_secs: u64,
     export_retention: Option<String>,
+    history_retention: Option<String>,
     #[serde(default)]
     tenants: Vec<FileTenant>,
 }
@@ -227,11 +233,8 @@ impl Settings {
             }
             None => file.request_timeout_secs,
         };
-        worker.export_retention = match var("EXPORT_RETENTION").or(file.export_retention) {
-            Some(v) if v == "off" => None,
-            Some(v) => Some(parse_retention(&v)?),
-            None => None,
-        };
+        worker.export_retention = retention("EXPORT_RETENTION", var("EXPORT_RETENTION").or(file.export_retention))?;
+        worker.history_retention = retention("HISTORY_RETENTION", var("HISTORY_RETENTION").or(file.history_retention))?;
 
         let mut webhooks = file.webhooks;
         if let Some(v) = var("WEBHOOK_TIMEOUT_SECS") {
@@ -325,8 +328,17 @@ fn check_rate(name: &str, rate: f64) -> anyhow::Result<f64> {
     }
 }
 
-/// `EXPORT_RETENTION`: a positive whole number of days, hours, minutes or seconds (`30d`,
-/// `12h`, `90m`, `3600s`).
+/// A retention setting: `off`, or a duration as [`parse_retention`] reads it.
+fn retention(name: &str, value: Option<String>) -> anyhow::Result<Option<Duration>> {
+    match value.as_deref() {
+        None | Some("off") => Ok(None),
+        Some(v) => parse_retention(v)
+            .map(Some)
+            .with_context(|| format!("{name} must be like 30d, 12h, 90m or 3600s (or off), got {v:?}")),
+    }
+}
+
+/// A positive whole number of days, hours, minutes or seconds (`30d`, `12h`, `90m`, `3600s`).
 fn parse_retention(text: &str) -> anyhow::Result<Duration> {
     let unit_secs = match text.chars().last() {
         Some('d') => 86_400,
@@ -338,7 +350,7 @@ fn parse_retention(text: &str) -> anyhow::Result<Duration> {
     let amount = text[..text.len().saturating_sub(1)].parse::<u64>().ok().filter(|&n| n > 0);
     match (amount, unit_secs) {
         (Some(n), unit) if unit > 0 => Ok(Duration::from_secs(n.saturating_mul(unit))),
-        _ => bail!("EXPORT_RETENTION must be like 30d, 12h, 90m or 3600s (or off), got {text:?}"),
+        _ => bail!("not a positive number of days, hours, minutes or seconds"),
     }
 }
 
@@ -450,11 +462,20 @@ mod tests {
         assert_eq!(parse_retention("90m").unwrap(), Duration::from_secs(5_400));
         assert_eq!(parse_retention("1s").unwrap(), Duration::from_secs(1));
         for bad in ["", "d", "0d", "30", "30w", "-1d", "1.5h", "30 d"] {
-            assert!(parse_retention(bad).unwrap_err().to_string().contains("EXPORT_RETENTION"), "{bad}");
+            assert!(parse_retention(bad).is_err(), "{bad}");
         }
         let s = Settings::from_lookup(|k| (k == "EXPORT_RETENTION").then(|| "7d".to_owned())).unwrap();
         assert_eq!(s.worker.export_retention, Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(Settings::from_lookup(|_| None).unwrap().worker.export_retention, None);
+        let e = Settings::from_lookup(|k| (k == "EXPORT_RETENTION").then(|| "7x".to_owned())).err().unwrap();
+        assert!(format!("{e:#}").contains("EXPORT_RETENTION must be like 30d"), "{e:#}");
+        // Delivery and schedule-run history is kept 30 days unless set otherwise.
+        assert_eq!(
+            Settings::from_lookup(|_| None).unwrap().worker.history_retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        let s = Settings::from_lookup(|k| (k == "HISTORY_RETENTION").then(|| "off".to_owned())).unwrap();
+        assert_eq!(s.worker.history_retention, None);
     }
 
     #[test]

@@ -342,3 +342,44 @@ pub async fn abandon(pool: &PgPool, job: &DeliveryJob, reason: &str) -> sqlx::Re
     }
     tx.commit().await
 }
+
+/// Rows deleted per statement when pruning history: short transactions beside live traffic.
+const PRUNE_BATCH: i64 = 5000;
+
+/// Deletes finished deliveries (with their attempts) older than `age`, then events no delivery
+/// refers to any more; returns how many deliveries went.
+pub async fn prune(pool: &PgPool, age: std::time::Duration) -> sqlx::Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE id IN (
+                SELECT id FROM webhook_deliveries
+                 WHERE status <> 'pending' AND finished_at < now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(age.as_secs_f64())
+        .bind(PRUNE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += n;
+        if n < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM webhook_events WHERE id IN (
+                SELECT e.id FROM webhook_events e
+                 WHERE e.created_at < now() - make_interval(secs => $1)
+                   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id) LIMIT $2)",
+        )
+        .bind(age.as_secs_f64())
+        .bind(PRUNE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if n < PRUNE_BATCH as u64 {
+            return Ok(deleted);
+        }
+    }
+}

@@ -496,6 +496,9 @@ impl Workers {
                 if let Some(retention) = self.settings.export_retention {
                     sweep_expired_exports(&self.pool, retention).await;
                 }
+                if let Some(retention) = self.settings.history_retention {
+                    sweep_history(&self.pool, retention).await;
+                }
                 sweep_deleted_exports(&self.pool).await;
             }
             tick += 1;
@@ -568,6 +571,20 @@ async fn sweep_expired_exports(pool: &PgPool, retention: Duration) {
         if expired.len() < 100 || deleted == 0 {
             return;
         }
+    }
+}
+
+/// Deletes webhook delivery and schedule run records older than the history retention.
+async fn sweep_history(pool: &PgPool, retention: Duration) {
+    match db::webhooks::prune(pool, retention).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deliveries = n, "old webhook deliveries deleted (HISTORY_RETENTION)"),
+        Err(e) => tracing::warn!(error = %e, "pruning webhook deliveries failed; the sweeper retries"),
+    }
+    match db::schedules::prune_runs(pool, retention).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(runs = n, "old schedule runs deleted (HISTORY_RETENTION)"),
+        Err(e) => tracing::warn!(error = %e, "pruning schedule runs failed; the sweeper retries"),
     }
 }
 

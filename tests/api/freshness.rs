@@ -726,3 +726,67 @@ async fn the_readme_receiver_verifies_deliveries_with_the_standard_webhooks_libr
     let list = wait_deliveries(&app, &webhook, 1, "succeeded").await;
     assert_eq!(list[0]["event_id"], event["id"]);
 }
+
+#[tokio::test]
+async fn delivery_and_schedule_history_older_than_the_retention_is_pruned() {
+    let sim = Arc::new(Sim::start(sim_config(5), "127.0.0.1:0".parse().unwrap()).await.unwrap());
+    let database_url = fresh_database().await;
+    let app = spawn_with_settings(sim, webhook_settings(&database_url), Role::All).await;
+    let (url, _seen) = start_receiver("127.0.0.1:0".parse().unwrap(), Behaviour::FailFirst(0)).await;
+    let (webhook, _) = create_webhook(&app, &url, &["export.completed"]).await;
+    for _ in 0..2 {
+        let export = app.create_export(json!({ "fields": ["user_id"] })).await;
+        app.wait_for(&export, "completed").await;
+    }
+    let list = wait_deliveries(&app, &webhook, 2, "succeeded").await;
+    let (recent, old) = (list[0]["id"].as_str().unwrap(), list[1]["id"].as_str().unwrap());
+    let resp = app.post("/v1/schedules", WRITE_TOKEN, &json!({ "cron": "0 3 * * *", "enabled": false })).await;
+    let schedule: Uuid = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
+    for (due, age) in [("2026-01-01T03:00:00Z", "40 days"), ("2026-01-02T03:00:00Z", "1 day")] {
+        sqlx::query(
+            "INSERT INTO schedule_runs (schedule_id, due_at, outcome, created_at)
+             VALUES ($1, $2::timestamptz, 'started', now() - $3::interval)",
+        )
+        .bind(schedule)
+        .bind(due)
+        .bind(age)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    // One delivery (and its event) finished 40 days ago.
+    sqlx::query("UPDATE webhook_deliveries SET finished_at = now() - interval '40 days' WHERE id = $1::uuid")
+        .bind(old)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE webhook_events SET created_at = now() - interval '40 days'
+          WHERE id = (SELECT event_id FROM webhook_deliveries WHERE id = $1::uuid)",
+    )
+    .bind(old)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    // A replica with the default 30-day history retention sweeps as it starts.
+    let _sweeper = spawn_with_settings(app.sim.clone(), webhook_settings(&database_url), Role::Worker).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids: Vec<String> =
+            deliveries(&app, &webhook).await.iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect();
+        if ids == [recent] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "old delivery kept: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let count = |sql: &'static str| {
+        let pool = app.pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
+    };
+    assert_eq!(count("SELECT count(*) FROM webhook_events").await, 1, "the old event went with its delivery");
+    assert_eq!(count("SELECT count(*) FROM webhook_attempts").await, 1);
+    let runs = runs(&app.pool, schedule).await;
+    assert_eq!(runs.len(), 1, "the 40-day-old run is pruned, the recent one kept: {runs:?}");
+}
