@@ -204,6 +204,16 @@ async fn webhooks_survive_failing_and_slow_receivers_and_verify_independently() 
     assert_eq!(seen[2].id, seen[0].id);
     assert!(verify(&slow_secret, &seen[2]));
 
+    // Tries are counted by outcome, with their latency.
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for family in [
+        r#"exporter_webhook_deliveries_total{outcome="retried"}"#,
+        r#"exporter_webhook_deliveries_total{outcome="succeeded"}"#,
+        r#"exporter_webhook_delivery_duration_seconds_bucket{outcome="succeeded""#,
+    ] {
+        assert!(metrics.contains(family), "{family} missing from /metrics");
+    }
+
     // A cancelled export reaches only the endpoint that asked for export.cancelled.
     let cancelled = app.create_export(json!({})).await;
     let resp = app.post(&format!("/v1/exports/{cancelled}/cancel"), WRITE_TOKEN, &json!({})).await;
@@ -383,6 +393,10 @@ async fn schedules_skip_an_overlapping_run_and_announce_it() {
     })
     .await
     .expect("skips counted");
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"exporter_schedule_runs_total{outcome="skipped"}"#), "skips counted in /metrics");
+    assert!(metrics.contains(r#"exporter_schedule_runs_total{outcome="started"}"#));
+
     // Disabled: no more runs; its first export is the only one while it ran.
     let resp =
         send(&app, reqwest::Method::PATCH, &format!("/v1/schedules/{id}"), Some(&json!({ "enabled": false }))).await;
