@@ -8,6 +8,7 @@
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -44,7 +45,8 @@ pub async fn tick(pool: &PgPool) -> sqlx::Result<usize> {
     let (due, now) = db::schedules::lock_due(&mut tx, BATCH).await?;
     let mut outcomes = Vec::with_capacity(due.len());
     for schedule in &due {
-        outcomes.push(act(&mut tx, schedule, now).await?);
+        let span = tracing::info_span!("schedule", schedule_id = %schedule.id, due = %schedule.next_run_at);
+        outcomes.push(act(&mut tx, schedule, now).instrument(span).await?);
     }
     crate::crash_point::crash_point("scheduler.before_commit");
     tx.commit().await?;
@@ -67,8 +69,6 @@ async fn act(
     // A schedule whose cron no longer fires (validated on write, so only by a library change)
     // is parked far ahead instead of firing on every poll.
     let next = next.unwrap_or(now + chrono::Duration::days(365 * 100));
-    let span = tracing::info_span!("schedule", schedule_id = %schedule.id, due = %schedule.next_run_at);
-    let _enter = span.enter();
 
     if let Some(running) = db::schedules::active_export(conn, schedule.id).await? {
         db::schedules::record_run(conn, schedule, RunOutcome::Skipped, Some(running), missed, next).await?;

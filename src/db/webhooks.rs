@@ -178,7 +178,7 @@ pub async fn redeliver(pool: &PgPool, webhook: Uuid, delivery: Uuid) -> sqlx::Re
 }
 
 /// A claimed delivery job: its queue row, fenced by `attempt`, and everything one try needs.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct DeliveryJob {
     pub job_id: i64,
     /// The queue row's claim count: the fencing token of this try.
@@ -192,6 +192,19 @@ pub struct DeliveryJob {
     /// Attempts recorded so far, and those made before the current series began.
     pub attempts: i32,
     pub series_start: i32,
+}
+
+impl std::fmt::Debug for DeliveryJob {
+    /// Without the secret and the URL (whose query may carry a token of the receiver's).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryJob")
+            .field("job_id", &self.job_id)
+            .field("job_attempt", &self.job_attempt)
+            .field("delivery_id", &self.delivery_id)
+            .field("event_id", &self.event_id)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Claims the oldest due delivery job under a lease. No advisory lock and no heartbeat: a try

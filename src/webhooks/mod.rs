@@ -13,6 +13,7 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     config::WebhookSettings,
@@ -58,10 +59,14 @@ impl Dispatcher {
             match db::webhooks::claim(&me.pool, &me.worker, lease).await {
                 Ok(Some(job)) => {
                     let me = me.clone();
-                    tokio::spawn(async move {
-                        me.deliver(job).await;
-                        drop(permit);
-                    });
+                    let span = tracing::info_span!("webhook", delivery_id = %job.delivery_id, event_id = %job.event_id);
+                    tokio::spawn(
+                        async move {
+                            me.deliver(job).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Ok(None) => {
                     drop(permit);
@@ -90,8 +95,6 @@ impl Dispatcher {
     }
 
     async fn deliver(&self, job: DeliveryJob) {
-        let span = tracing::info_span!("webhook", delivery_id = %job.delivery_id, event_id = %job.event_id);
-        let _enter = span.enter();
         if !job.enabled {
             if let Err(e) = db::webhooks::abandon(&self.pool, &job, "the endpoint is disabled").await {
                 tracing::warn!(error = %e, "recording a delivery to a disabled endpoint failed");
