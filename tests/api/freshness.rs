@@ -39,6 +39,8 @@ enum Behaviour {
     FailFirst(usize),
     /// Holds the first `n` requests longer than the service waits, then answers at once.
     SlowFirst(usize),
+    /// Answers every request with a redirect to the receiver on this port.
+    RedirectTo(u16),
 }
 
 #[derive(Clone)]
@@ -47,7 +49,8 @@ struct Receiver {
     seen: Arc<Mutex<Vec<Received>>>,
 }
 
-async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let n = {
         let mut seen = r.seen.lock().unwrap();
@@ -60,12 +63,15 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         seen.len()
     };
     match r.behaviour {
-        Behaviour::FailFirst(k) if n <= k => StatusCode::INTERNAL_SERVER_ERROR,
+        Behaviour::FailFirst(k) if n <= k => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         Behaviour::SlowFirst(k) if n <= k => {
             tokio::time::sleep(Duration::from_secs(4)).await;
-            StatusCode::NO_CONTENT
+            StatusCode::NO_CONTENT.into_response()
         }
-        _ => StatusCode::NO_CONTENT,
+        Behaviour::RedirectTo(port) => {
+            (StatusCode::TEMPORARY_REDIRECT, [("location", format!("http://127.0.0.1:{port}/hook"))]).into_response()
+        }
+        _ => StatusCode::NO_CONTENT.into_response(),
     }
 }
 
@@ -150,6 +156,12 @@ async fn webhooks_survive_failing_and_slow_receivers_and_verify_independently() 
     let (failing_url, failing_seen) = start_receiver("127.0.0.1:0".parse().unwrap(), Behaviour::FailFirst(3)).await;
     let (slow_url, slow_seen) = start_receiver("127.0.0.1:0".parse().unwrap(), Behaviour::SlowFirst(1)).await;
     let (failing, failing_secret) = create_webhook(&app, &failing_url, &["export.completed", "export.cancelled"]).await;
+    // Redirects are not followed: the target never hears of the event.
+    let (target_url, target_seen) = start_receiver("127.0.0.1:0".parse().unwrap(), Behaviour::FailFirst(0)).await;
+    let target_port: u16 =
+        target_url.trim_start_matches("http://127.0.0.1:").trim_end_matches("/hook").parse().unwrap();
+    let (redirect_url, _) = start_receiver("127.0.0.1:0".parse().unwrap(), Behaviour::RedirectTo(target_port)).await;
+    let (redirecting, _) = create_webhook(&app, &redirect_url, &["export.completed"]).await;
     let (slow, slow_secret) = create_webhook(&app, &slow_url, &["export.completed"]).await;
     // The secret is shown once: never in a read.
     let read = app.get_json(&format!("/v1/webhooks/{failing}")).await;
@@ -203,6 +215,14 @@ async fn webhooks_survive_failing_and_slow_receivers_and_verify_independently() 
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[2].id, seen[0].id);
     assert!(verify(&slow_secret, &seen[2]));
+
+    let redirected = deliveries(&app, &redirecting).await;
+    assert_eq!(redirected.len(), 1);
+    assert_eq!(
+        (redirected[0]["status"].clone(), redirected[0]["response_code"].clone()),
+        (json!("pending"), json!(307))
+    );
+    assert!(target_seen.lock().unwrap().is_empty(), "a redirect was followed");
 
     // Tries are counted by outcome, with their latency.
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
