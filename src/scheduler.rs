@@ -6,10 +6,9 @@
 //! and `schedule_runs`' key refuses a second run of the same due time whatever happens.
 
 use serde_json::json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Acquire, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use crate::{
     config::ScheduleSettings,
@@ -39,14 +38,25 @@ pub async fn run(pool: PgPool, settings: ScheduleSettings, shutdown: Cancellatio
     }
 }
 
-/// Acts on the schedules due now; returns how many.
+/// Acts on the schedules due now; returns how many. Each is acted on in a savepoint of its
+/// own: one that fails is retried at the next poll without holding the others back.
 pub async fn tick(pool: &PgPool) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
     let (due, now) = db::schedules::lock_due(&mut tx, BATCH).await?;
     let mut outcomes = Vec::with_capacity(due.len());
     for schedule in &due {
         let span = tracing::info_span!("schedule", schedule_id = %schedule.id, due = %schedule.next_run_at);
-        outcomes.push(act(&mut tx, schedule, now).instrument(span).await?);
+        let mut savepoint = tx.begin().await?;
+        match act(&mut savepoint, schedule, now).instrument(span).await {
+            Ok(outcome) => {
+                savepoint.commit().await?;
+                outcomes.extend(outcome);
+            }
+            Err(e) => {
+                savepoint.rollback().await?;
+                tracing::warn!(error = %e, schedule_id = %schedule.id, "starting a due schedule failed; retried at the next poll");
+            }
+        }
     }
     crate::crash_point::crash_point("scheduler.before_commit");
     tx.commit().await?;
@@ -62,7 +72,7 @@ async fn act(
     conn: &mut PgConnection,
     schedule: &ScheduleRow,
     now: chrono::DateTime<chrono::Utc>,
-) -> sqlx::Result<RunOutcome> {
+) -> sqlx::Result<Option<RunOutcome>> {
     let timing = Timing::parse(&schedule.cron, &schedule.timezone);
     let next = timing.as_ref().ok().and_then(|t| t.next_after(now));
     let missed = timing.as_ref().map_or(0, |t| t.count_between(schedule.next_run_at, now));
@@ -70,8 +80,15 @@ async fn act(
     // is parked far ahead instead of firing on every poll.
     let next = next.unwrap_or(now + chrono::Duration::days(365 * 100));
 
-    if let Some(running) = db::schedules::active_export(conn, schedule.id).await? {
-        db::schedules::record_run(conn, schedule, RunOutcome::Skipped, Some(running), missed, next).await?;
+    let running = db::schedules::active_export(conn, schedule.id).await?;
+    let outcome = if running.is_some() { RunOutcome::Skipped } else { RunOutcome::Started };
+    if !db::schedules::claim_run(conn, schedule, outcome, running, missed).await? {
+        tracing::warn!("this due time was acted on before (the schedule was edited back onto it); moving on");
+        db::schedules::advance(conn, schedule, None, None, next).await?;
+        return Ok(None);
+    }
+    if let Some(running) = running {
+        db::schedules::advance(conn, schedule, Some(outcome), None, next).await?;
         let data = json!({
             "schedule_id": schedule.id,
             "tenant": schedule.tenant,
@@ -83,7 +100,7 @@ async fn act(
         });
         db::webhooks::emit_event(conn, "schedule.skipped", &data).await?;
         tracing::info!(%running, "schedule run skipped: its previous export is still running");
-        return Ok(RunOutcome::Skipped);
+        return Ok(Some(outcome));
     }
 
     let mut request = schedule.request.0.clone();
@@ -97,17 +114,18 @@ async fn act(
         BaseChoice::None
     };
     let hash = request_hash(&request);
-    // The due time names the export too: a retried transaction cannot create a second one.
-    let key = format!("schedule:{}:{}", schedule.id, schedule.next_run_at.timestamp_micros());
+    // No idempotency key: the run's row above is what makes a second export of this due time
+    // impossible, and clients' keys stay theirs.
     let new = NewExport {
         request: &request,
         request_hash: &hash,
-        idempotency_key: Some(&key),
+        idempotency_key: None,
         base: &base,
         schedule_id: Some(schedule.id),
     };
-    let export: Option<Uuid> = db::exports::insert(conn, &new).await?.map(|row| row.id);
-    db::schedules::record_run(conn, schedule, RunOutcome::Started, export, missed, next).await?;
-    tracing::info!(export_id = ?export, missed, "scheduled export queued");
-    Ok(RunOutcome::Started)
+    let export = db::exports::insert(conn, &new).await?.ok_or(sqlx::Error::RowNotFound)?.id;
+    db::schedules::set_run_export(conn, schedule, export).await?;
+    db::schedules::advance(conn, schedule, Some(outcome), Some(export), next).await?;
+    tracing::info!(export_id = %export, missed, "scheduled export queued");
+    Ok(Some(outcome))
 }

@@ -121,7 +121,7 @@ pub async fn list(
 /// Enabled schedules due by the database's clock, locked so that no other replica acts on
 /// them until the caller commits (others skip them), with that clock's reading.
 pub async fn lock_due(conn: &mut PgConnection, limit: i64) -> sqlx::Result<(Vec<ScheduleRow>, DateTime<Utc>)> {
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *conn).await?;
+    let now = db_now(conn).await?;
     let due = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM schedules WHERE enabled AND next_run_at <= $1
           ORDER BY next_run_at LIMIT $2 FOR UPDATE SKIP LOCKED"
@@ -157,39 +157,67 @@ impl RunOutcome {
     }
 }
 
-/// Records the run of one due time (its key refuses a second) and moves the schedule on.
-pub async fn record_run(
+/// Records how the schedule's current due time is acted on; false when it was recorded before
+/// (the key refuses a second run of one due time, whichever replica or edit tries).
+pub async fn claim_run(
     conn: &mut PgConnection,
     schedule: &ScheduleRow,
     outcome: RunOutcome,
     export_id: Option<Uuid>,
     missed: u32,
-    next_run_at: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO schedule_runs (schedule_id, due_at, outcome, export_id, missed) VALUES ($1, $2, $3, $4, $5)",
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO schedule_runs (schedule_id, due_at, outcome, export_id, missed) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (schedule_id, due_at) DO NOTHING",
     )
     .bind(schedule.id)
     .bind(schedule.next_run_at)
     .bind(outcome.as_str())
     .bind(export_id)
     .bind(missed as i32)
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Names the export a started run created.
+pub async fn set_run_export(conn: &mut PgConnection, schedule: &ScheduleRow, export_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE schedule_runs SET export_id = $3 WHERE schedule_id = $1 AND due_at = $2")
+        .bind(schedule.id)
+        .bind(schedule.next_run_at)
+        .bind(export_id)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Moves the schedule on to its next due time, counting the run of the current one (if any).
+pub async fn advance(
+    conn: &mut PgConnection,
+    schedule: &ScheduleRow,
+    outcome: Option<RunOutcome>,
+    export_id: Option<Uuid>,
+    next_run_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE schedules SET next_run_at = $2, last_due_at = next_run_at,
-                runs_started = runs_started + CASE WHEN $3 THEN 1 ELSE 0 END,
-                runs_skipped = runs_skipped + CASE WHEN $3 THEN 0 ELSE 1 END,
-                last_export_id = CASE WHEN $3 THEN $4 ELSE last_export_id END
+                runs_started = runs_started + CASE WHEN $3 = 'started' THEN 1 ELSE 0 END,
+                runs_skipped = runs_skipped + CASE WHEN $3 = 'skipped' THEN 1 ELSE 0 END,
+                last_export_id = COALESCE($4, last_export_id)
           WHERE id = $1",
     )
     .bind(schedule.id)
     .bind(next_run_at)
-    .bind(outcome == RunOutcome::Started)
+    .bind(outcome.map(RunOutcome::as_str))
     .bind(export_id)
     .execute(conn)
     .await
     .map(drop)
+}
+
+/// The database's clock: every replica reads due times against the same one.
+pub async fn db_now(conn: &mut PgConnection) -> sqlx::Result<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT now()").fetch_one(conn).await
 }
 
 /// Deletes the records of due times older than `age`, in short batches; returns how many.

@@ -173,8 +173,10 @@ fn body_of(row: &ScheduleRow) -> Map<String, Value> {
     }
 }
 
-fn next_due(timing: &Timing) -> Result<DateTime<Utc>, ApiError> {
-    timing.next_after(Utc::now()).ok_or_else(|| ApiError::field("cron", "never matches a date"))
+/// The first due time after `from` (the database's clock, and never before a due time already
+/// acted on, so an edit cannot bring one back).
+fn next_due(timing: &Timing, from: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+    timing.next_after(from).ok_or_else(|| ApiError::field("cron", "never matches a date"))
 }
 
 pub fn parse_schedule_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -198,7 +200,8 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let body = json_body(body)?;
     let (spec, timing) = validate(&body, &state.tenants.names())?;
-    let row = store::insert(&state.pool, &spec, next_due(&timing)?).await?;
+    let now = store::db_now(&mut *state.pool.acquire().await?).await?;
+    let row = store::insert(&state.pool, &spec, next_due(&timing, now)?).await?;
     tracing::info!(schedule_id = %row.id, tenant = %row.tenant, cron = %row.cron, "schedule created");
     let location = format!("/v1/schedules/{}", row.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(ScheduleView::from(row))).into_response())
@@ -261,7 +264,8 @@ pub async fn update(
     let (spec, timing) = validate(&Value::Object(merged), &state.tenants.names())?;
     // Unchanged timing keeps its due time, so an unrelated edit cannot skip or repeat a run.
     let same_timing = spec.cron == current.cron && spec.timezone == current.timezone && current.enabled;
-    let next = if same_timing { current.next_run_at } else { next_due(&timing)? };
+    let from = store::db_now(&mut tx).await?.max(current.last_due_at.unwrap_or(DateTime::<Utc>::MIN_UTC));
+    let next = if same_timing { current.next_run_at } else { next_due(&timing, from)? };
     let row = store::update(&mut tx, id, &spec, next).await?.ok_or_else(|| not_found(id))?;
     tx.commit().await?;
     Ok(Json(row.into()))

@@ -330,6 +330,11 @@ async fn three_replicas_run_a_schedule_once_per_due_time_even_when_one_dies_at_i
         assert!(tokio::time::Instant::now() < deadline, "crashed={crashed}, runs={done}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Every replica down (so the counts below are of one moment), and stays down across three
+    // due times.
+    for r in &mut replicas {
+        let _ = r.kill().await;
+    }
     let all = runs(&api.pool, id).await;
     // Every due time between the first and the last is there exactly once, none missed.
     for pair in all.windows(2) {
@@ -342,20 +347,20 @@ async fn three_replicas_run_a_schedule_once_per_due_time_even_when_one_dies_at_i
         .fetch_one(&api.pool)
         .await
         .unwrap();
-    let distinct: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT idempotency_key) FROM exports WHERE schedule_id = $1")
-            .bind(id)
-            .fetch_one(&api.pool)
-            .await
-            .unwrap();
-    assert_eq!((exports, distinct), (started, started), "one export per started due time");
+    // Each started run names its own export, and every export of the schedule is named by one.
+    let named: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT r.export_id) FROM schedule_runs r JOIN exports e ON e.id = r.export_id
+          WHERE r.schedule_id = $1 AND r.outcome = 'started' AND e.schedule_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&api.pool)
+    .await
+    .unwrap();
+    assert_eq!((exports, named), (started, started), "one export per started due time: {all:?}");
     let view = api.get_json(&format!("/v1/schedules/{id}")).await;
     assert_eq!(view["runs"]["started"].as_i64().unwrap() + view["runs"]["skipped"].as_i64().unwrap(), all.len() as i64);
 
-    // Every replica down across three due times; one comes back: one run, no burst.
-    for r in &mut replicas {
-        let _ = r.kill().await;
-    }
+    // One replica comes back after three due times: one run, no burst.
     let before = runs(&api.pool, id).await.len();
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(runs(&api.pool, id).await.len(), before, "nothing runs while every replica is down");
@@ -823,4 +828,62 @@ async fn delivery_and_schedule_history_older_than_the_retention_is_pruned() {
     assert_eq!(count("SELECT count(*) FROM webhook_attempts").await, 1);
     let runs = runs(&app.pool, schedule).await;
     assert_eq!(runs.len(), 1, "the 40-day-old run is pruned, the recent one kept: {runs:?}");
+}
+
+#[tokio::test]
+async fn a_due_time_acted_on_before_is_not_run_again_and_holds_no_schedule_back() {
+    let sim = Arc::new(Sim::start(sim_config(5), "127.0.0.1:0".parse().unwrap()).await.unwrap());
+    let database_url = fresh_database().await;
+    let app = spawn_with_settings(sim, webhook_settings(&database_url), Role::All).await;
+    let create = |cron: &'static str, enabled: bool| {
+        let app = &app;
+        async move {
+            let body = json!({ "cron": cron, "enabled": enabled, "export": { "fields": ["user_id"] } });
+            let resp = app.post("/v1/schedules", WRITE_TOKEN, &body).await;
+            assert_eq!(resp.status(), 201);
+            resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse::<Uuid>().unwrap()
+        }
+    };
+    // `edited` is put back onto a due time already recorded (as a PATCH from a replica whose
+    // clock lags could do); `other` is due at the same polls.
+    let edited = create("*/2 * * * * *", false).await;
+    let other = create("* * * * * *", true).await;
+    let recorded: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "INSERT INTO schedule_runs (schedule_id, due_at, outcome) VALUES ($1, date_trunc('second', now()), 'started')
+         RETURNING due_at",
+    )
+    .bind(edited)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE schedules SET enabled = true, next_run_at = $2 WHERE id = $1")
+        .bind(edited)
+        .bind(recorded)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let edited_runs = runs(&app.pool, edited).await;
+        let other_runs = runs(&app.pool, other).await;
+        if edited_runs.len() >= 2 && other_runs.len() >= 2 {
+            assert_eq!(edited_runs.iter().filter(|r| r.0 == recorded).count(), 1, "{edited_runs:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "schedules stalled: {edited_runs:?} {other_runs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = app.get_json(&format!("/v1/schedules/{edited}")).await;
+    assert!(view["next_run_at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap() > recorded);
+    // The recorded due time was not counted again.
+    let started: i64 = sqlx::query_scalar("SELECT count(*) FROM exports WHERE schedule_id = $1")
+        .bind(edited)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        view["runs"]["started"].as_i64().unwrap() + view["runs"]["skipped"].as_i64().unwrap(),
+        runs(&app.pool, edited).await.len() as i64 - 1
+    );
+    assert!(started >= 1);
 }
