@@ -30,6 +30,7 @@ CREATE TABLE schedule_runs (
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (schedule_id, due_at)
 );
+CREATE INDEX schedule_runs_created ON schedule_runs (created_at);   -- history pruning
 
 -- No foreign key: a deleted schedule keeps its exports.
 ALTER TABLE exports ADD COLUMN schedule_id uuid;
@@ -52,6 +53,7 @@ CREATE TABLE webhook_events (
     payload    text NOT NULL,                       -- the exact bytes sent and signed
     created_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX webhook_events_created ON webhook_events (created_at);
 
 CREATE TABLE webhook_deliveries (
     id               uuid PRIMARY KEY,
@@ -70,6 +72,7 @@ CREATE TABLE webhook_deliveries (
 );
 CREATE INDEX webhook_deliveries_list ON webhook_deliveries (webhook_id, seq DESC);
 CREATE INDEX webhook_deliveries_event ON webhook_deliveries (event_id);
+CREATE INDEX webhook_deliveries_finished ON webhook_deliveries (finished_at) WHERE status <> 'pending';
 
 CREATE TABLE webhook_attempts (
     delivery_id uuid NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,

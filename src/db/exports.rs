@@ -152,13 +152,20 @@ pub async fn latest_completed(conn: &mut PgConnection, request: &ExportRequest) 
     Ok(rows.into_iter().find(|(_, r)| r.same_data(request)).map(|(id, _)| id))
 }
 
-/// The tenant's newest completed export (by creation: the freshest data), read in one statement
-/// so a reader sees the old export or the new one, never a mix.
-pub async fn latest_of_tenant(pool: &PgPool, tenant: &str) -> sqlx::Result<Option<ExportRow>> {
+/// The tenant's newest completed export (by creation: the freshest data) of all its users (no
+/// `limit`, no `connection_id`), or the newest `schedule` completed; one statement, so a reader
+/// sees the old export or the new one, never a mix.
+pub async fn latest_of_tenant(pool: &PgPool, tenant: &str, schedule: Option<Uuid>) -> sqlx::Result<Option<ExportRow>> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM exports WHERE tenant = $1 AND status = 'completed' ORDER BY id DESC LIMIT 1"
+        "SELECT {COLUMNS} FROM exports
+          WHERE tenant = $1 AND status = 'completed'
+            AND CASE WHEN $2::uuid IS NULL
+                     THEN request->>'limit' IS NULL AND request->>'connection_id' IS NULL
+                     ELSE schedule_id = $2 END
+          ORDER BY id DESC LIMIT 1"
     ))
     .bind(tenant)
+    .bind(schedule)
     .fetch_optional(pool)
     .await
 }

@@ -32,6 +32,13 @@ impl Validators {
         Validators { etag: format!("W/\"{}\"", short_hash(version.as_bytes())), last_modified: Some(finished_at) }
     }
 
+    /// Without `Last-Modified`: `ETag` alone tells versions apart (and `If-Modified-Since` is
+    /// ignored).
+    pub fn undated(mut self) -> Validators {
+        self.last_modified = None;
+        self
+    }
+
     /// Whether the client's copy is current: `If-None-Match` (weak comparison, `*` or a list),
     /// else `If-Modified-Since` when there is a modification time.
     pub fn fresh(&self, headers: &HeaderMap) -> bool {

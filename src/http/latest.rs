@@ -15,22 +15,34 @@ use super::{
     error::{ApiError, Problem},
     exports::ExportView,
     params::{plain_text, AppPath, Params},
-    profiles::{self, ProfileList, PAGE_PARAMS},
+    profiles::{self, ProfileList, Via, PAGE_PARAMS},
     AppState,
 };
 use crate::db::exports::{self as store, ExportRow};
 
-async fn latest(state: &AppState, tenant: &str) -> Result<ExportRow, ApiError> {
+/// Which export the view serves: the tenant's newest completed export of the whole tenant (no
+/// `limit`, no `connection_id`), or with `schedule`, the newest that schedule completed.
+async fn latest(state: &AppState, tenant: &str, params: &Params) -> Result<ExportRow, ApiError> {
+    let schedule = params
+        .get("schedule")
+        .map(|s| Uuid::parse_str(s).map_err(|_| ApiError::field("schedule", format!("{s:?} is not a schedule id"))))
+        .transpose()?;
     if state.tenants.get(tenant).is_none() {
         return Err(ApiError::NotFound(format!(
             "tenant {tenant:?} is not configured; configured: {}",
             state.tenants.names().join(", ")
         )));
     }
-    store::latest_of_tenant(&state.pool, tenant)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("tenant {tenant} has no completed export yet")))
+    store::latest_of_tenant(&state.pool, tenant, schedule).await?.ok_or_else(|| {
+        ApiError::NotFound(match schedule {
+            Some(s) => format!("schedule {s} has no completed export of tenant {tenant} yet"),
+            None => format!("tenant {tenant} has no completed export of all its users yet"),
+        })
+    })
 }
+
+/// The `schedule` parameter every route of the view takes.
+const SCHEDULE: &str = "schedule";
 
 /// Names the export a response was served from.
 fn served_from(mut response: Response, export: Uuid) -> Response {
@@ -41,7 +53,8 @@ fn served_from(mut response: Response, export: Uuid) -> Response {
 }
 
 /// The tenant's newest completed export (its ETag changes exactly when a newer one completes).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/latest", tag = "latest", params(("tenant" = String, Path)),
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/latest", tag = "latest",
+    params(("tenant" = String, Path), ("schedule" = Option<uuid::Uuid>, Query, description = "follow this schedule's exports")),
     responses((status = 200, body = ExportView, headers(("Content-Location" = String, description = "the export served"))),
               (status = 304, description = "not modified: still the same export"),
               (status = 404, body = Problem, description = "unknown tenant, or no completed export yet")),
@@ -50,13 +63,16 @@ pub async fn export(
     State(state): State<AppState>,
     _: CanRead,
     AppPath(tenant): AppPath<String>,
+    RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let row = latest(&state, &tenant).await?;
-    let (id, finished_at) = (row.id, row.finished_at);
+    let params = Params::parse(q.as_deref(), &[SCHEDULE])?;
+    let row = latest(&state, &tenant, &params).await?;
+    let id = row.id;
     let rate = state.rate_limit(&row.tenant);
     let body = serde_json::to_vec(&ExportView::new(row, rate)).map_err(anyhow::Error::from)?;
-    let validators = Validators::of_bytes(&body, finished_at);
+    // No date: a newer export may complete within the second the old one did.
+    let validators = Validators::of_bytes(&body, None);
     if validators.fresh(&headers) {
         return Ok(served_from(validators.not_modified(), id));
     }
@@ -69,7 +85,8 @@ pub async fn export(
 /// `next_cursor` stays on the export the first page came from, even after a newer one
 /// completes; if that export is deleted meanwhile, the next page is `410`: start again.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/latest/profiles", tag = "latest",
-    params(("tenant" = String, Path), ("limit" = Option<i64>, Query, description = "1..=1000, default 100"),
+    params(("tenant" = String, Path), ("schedule" = Option<uuid::Uuid>, Query, description = "follow this schedule's exports"),
+           ("limit" = Option<i64>, Query, description = "1..=1000, default 100"),
            ("cursor" = Option<String>, Query), ("role" = Option<String>, Query, description = "exact role name"),
            ("has_mfa" = Option<bool>, Query, description = "a confirmed MFA factor; needs an MFA enrichment"),
            ("connection" = Option<String>, Query, description = "identities[0].connection"),
@@ -85,15 +102,27 @@ pub async fn profiles(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref(), &PAGE_PARAMS)?;
-    let (after, export) = match params.pinned_cursor()? {
-        Some((key, Some(export))) => (Some(key), pinned(&state, &tenant, export).await?),
-        Some((_, None)) => return Err(ApiError::field("cursor", "not a cursor of this view: restart without one")),
-        None => (None, latest(&state, &tenant).await?.id),
-    };
+    let allowed: Vec<&str> = PAGE_PARAMS.iter().copied().chain([SCHEDULE]).collect();
+    let params = Params::parse(q.as_deref(), &allowed)?;
     let variant = format!("latest/profiles?{}", q.as_deref().unwrap_or(""));
-    let response = profiles::page(&state, export, &params, after, Some(export), &variant, &headers).await;
-    Ok(served_from(response.map_err(|e| gone_if_deleted(e, export))?, export))
+    if let Some((key, export)) = params.pinned_cursor()? {
+        let Some(export) = export else {
+            return Err(ApiError::field("cursor", "not a cursor of this view: restart without one"));
+        };
+        let export = pinned(&state, &tenant, export).await?;
+        let response = profiles::page(&state, export, &params, Some(key), Via::Latest, &variant, &headers).await;
+        return Ok(served_from(response.map_err(|e| gone_if_deleted(e, export))?, export));
+    }
+    // A first page: if the latest export is deleted between the lookup and the read, the view
+    // has moved on; look again (once: a second deletion in that instant is answered as it is).
+    let mut tries = 0;
+    loop {
+        let export = latest(&state, &tenant, &params).await?.id;
+        match profiles::page(&state, export, &params, None, Via::Latest, &variant, &headers).await {
+            Err(ApiError::NotFound(m)) if tries == 0 && m.starts_with("export ") => tries += 1,
+            response => return Ok(served_from(response?, export)),
+        }
+    }
 }
 
 /// The export a cursor is pinned to, if it is still one of this tenant's.
@@ -120,7 +149,8 @@ fn gone_if_deleted(e: ApiError, export: Uuid) -> ApiError {
 
 /// One merged profile of the latest export.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/latest/profiles/{user_id}", tag = "latest",
-    params(("tenant" = String, Path), ("user_id" = String, Path)),
+    params(("tenant" = String, Path), ("user_id" = String, Path),
+           ("schedule" = Option<uuid::Uuid>, Query, description = "follow this schedule's exports")),
     responses((status = 200, body = Object, headers(("Content-Location" = String, description = "the export served"))),
               (status = 304, description = "not modified"), (status = 404, body = Problem)),
     security(("bearer" = ["read"])))]
@@ -128,16 +158,19 @@ pub async fn profile(
     State(state): State<AppState>,
     _: CanRead,
     AppPath((tenant, user_id)): AppPath<(String, String)>,
+    RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref(), &[SCHEDULE])?;
     let user_id = plain_text("user_id", &user_id)?;
-    let export = latest(&state, &tenant).await?.id;
-    Ok(served_from(profiles::one(&state, export, &user_id, &headers).await?, export))
+    let export = latest(&state, &tenant, &params).await?.id;
+    Ok(served_from(profiles::one(&state, export, &user_id, &headers, Via::Latest).await?, export))
 }
 
 /// The whole latest export, as `/v1/exports/{id}/download` serves it.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/latest/download", tag = "latest",
-    params(("tenant" = String, Path), ("format" = Option<String>, Query, description = "ndjson (default) | json | csv")),
+    params(("tenant" = String, Path), ("format" = Option<String>, Query, description = "ndjson (default) | json | csv"),
+           ("schedule" = Option<uuid::Uuid>, Query, description = "follow this schedule's exports")),
     responses((status = 200, description = "NDJSON lines, one JSON array, or CSV",
                headers(("Content-Location" = String, description = "the export served"),
                        ("Content-Disposition" = String, description = "attachment; filename=\"export-<id>.<format>\""))),
@@ -150,7 +183,8 @@ pub async fn download(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let export = latest(&state, &tenant).await?;
+    let params = Params::parse(q.as_deref(), &["format", SCHEDULE])?;
+    let export = latest(&state, &tenant, &params).await?;
     let id = export.id;
-    Ok(served_from(profiles::stream_export(&state, export, q.as_deref(), &headers).await?, id))
+    Ok(served_from(profiles::stream_export(&state, export, &params, q.as_deref(), &headers, Via::Latest).await?, id))
 }

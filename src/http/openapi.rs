@@ -128,7 +128,9 @@ fn complete_operation(path: &str, method: &str, operation: &mut Value) {
                 "ETag".into(),
                 header("validator for If-None-Match (completed exports' data, the export resource)", false, "string"),
             );
-            headers.insert("Last-Modified".into(), header("when the export finished", false, "string"));
+            if !is_latest_view(path) {
+                headers.insert("Last-Modified".into(), header("when the export finished", false, "string"));
+            }
             headers
                 .insert("Cache-Control".into(), header("`private, no-cache`: revalidate before reuse", true, "string"));
         }
@@ -158,7 +160,7 @@ const NO_NUL: &str = "^[^\\u0000]+$";
 /// every value the document allows is accepted and every other is a 400.
 fn parameter_schema(path: &str, name: &str) -> Option<Value> {
     Some(match name {
-        "id" | "delivery_id" => json!({ "type": "string", "format": "uuid" }),
+        "id" | "delivery_id" | "schedule" => json!({ "type": "string", "format": "uuid" }),
         "status" if path.ends_with("/deliveries") => {
             json!({ "type": "string", "enum": ["pending", "succeeded", "failed"] })
         }
@@ -191,21 +193,34 @@ fn constrain_parameters(doc: &mut Value) {
     }
 }
 
-/// `If-None-Match` and `If-Modified-Since` on every operation that can answer 304.
+/// The latest view's validators are ETags alone: its export may change within a second.
+fn is_latest_view(path: &str) -> bool {
+    path.starts_with("/v1/tenants/")
+}
+
+/// `If-None-Match` (and, but on the latest view, `If-Modified-Since`) on every operation that
+/// can answer 304.
 fn add_conditional_parameters(doc: &mut Value) {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
-    for operation in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|item| item.values_mut()) {
-        if operation.pointer("/responses/304").is_none() {
-            continue;
+    for (path, item) in paths.iter_mut() {
+        let dated = !is_latest_view(path);
+        let Some(item) = item.as_object_mut() else { continue };
+        for operation in item.values_mut() {
+            add_conditional(operation, dated);
         }
-        let parameters = operation
-            .as_object_mut()
-            .expect("an operation is an object")
-            .entry("parameters")
-            .or_insert_with(|| json!([]));
-        if let Some(parameters) = parameters.as_array_mut() {
-            parameters.push(json!({ "name": "If-None-Match", "in": "header", "required": false,
-                "description": "an ETag this service sent: 304 when it still holds", "schema": { "type": "string" } }));
+    }
+}
+
+fn add_conditional(operation: &mut Value, dated: bool) {
+    if operation.pointer("/responses/304").is_none() {
+        return;
+    }
+    let parameters =
+        operation.as_object_mut().expect("an operation is an object").entry("parameters").or_insert_with(|| json!([]));
+    if let Some(parameters) = parameters.as_array_mut() {
+        parameters.push(json!({ "name": "If-None-Match", "in": "header", "required": false,
+            "description": "an ETag this service sent: 304 when it still holds", "schema": { "type": "string" } }));
+        if dated {
             parameters.push(json!({ "name": "If-Modified-Since", "in": "header", "required": false,
                 "description": "an HTTP date: 304 when nothing changed since (read only without If-None-Match)",
                 "schema": { "type": "string" } }));

@@ -58,21 +58,29 @@ pub async fn list(
     let params = Params::parse(q.as_deref(), &PAGE_PARAMS)?;
     let export_id = parse_export_id(&id)?;
     let after = params.cursor()?;
-    page(&state, export_id, &params, after, None, &format!("profiles?{}", q.as_deref().unwrap_or("")), &headers).await
+    let variant = format!("profiles?{}", q.as_deref().unwrap_or(""));
+    page(&state, export_id, &params, after, Via::Export, &variant, &headers).await
+}
+
+/// How a read reached an export: named in the path, or through the tenant's latest view, whose
+/// cursors name the export they started on and whose validators carry no date (a newer export
+/// may complete within the same second, which `If-Modified-Since` cannot tell).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Export,
+    Latest,
 }
 
 /// The query parameters of a profile page.
 pub const PAGE_PARAMS: [&str; 6] = ["limit", "cursor", "role", "has_mfa", "connection", "email"];
 
-/// One page of an export's profiles. `pin` makes `next_cursor` name the export, so a page
-/// sequence of the latest view finishes on the export it started on; `variant` tells cached
-/// copies of different queries apart.
+/// One page of an export's profiles; `variant` tells cached copies of different queries apart.
 pub async fn page(
     state: &AppState,
     export_id: Uuid,
     params: &Params,
     after: Option<String>,
-    pin: Option<Uuid>,
+    via: Via,
     variant: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -99,7 +107,7 @@ pub async fn page(
             return Err(ApiError::field(param, format!("this export did not export the {field} field")));
         }
     }
-    let validators = completed_validators(&export, variant);
+    let validators = completed_validators(&export, variant, via);
     if let Some(v) = validators.as_ref().filter(|v| v.fresh(headers)) {
         if cached {
             load_export_id(state, export_id).await?; // still there?
@@ -113,6 +121,7 @@ pub async fn page(
         state.completed.forget(export.id);
         load_export_id(state, export_id).await?;
     }
+    let pin = (via == Via::Latest).then_some(export.id);
     let (rows, next_cursor) = finish_page_in(rows, limit, |r| r.user_id.clone(), pin);
     let capacity = rows.iter().map(|r| r.document.len() + 256).sum();
     let body = page_body(rows.iter().map(ProfileRow::merged_text), capacity, &next_cursor);
@@ -131,9 +140,14 @@ async fn export_to_read(state: &AppState, export_id: Uuid) -> Result<(Arc<Export
 }
 
 /// The validators of data read from `export`: only a completed export's data never changes.
-fn completed_validators(export: &ExportRow, variant: &str) -> Option<Validators> {
-    match (export.status, export.finished_at) {
-        (ExportStatus::Completed, Some(finished)) => Some(Validators::of_completed(export.id, finished, variant)),
+fn completed_validators(export: &ExportRow, variant: &str, via: Via) -> Option<Validators> {
+    match (export.status, export.finished_at, via) {
+        (ExportStatus::Completed, Some(finished), Via::Export) => {
+            Some(Validators::of_completed(export.id, finished, variant))
+        }
+        (ExportStatus::Completed, Some(finished), Via::Latest) => {
+            Some(Validators::of_completed(export.id, finished, variant).undated())
+        }
         _ => None,
     }
 }
@@ -161,13 +175,19 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let user_id = plain_text("user_id", &user_id)?;
-    one(&state, parse_export_id(&id)?, &user_id, &headers).await
+    one(&state, parse_export_id(&id)?, &user_id, &headers, Via::Export).await
 }
 
 /// One merged profile of an export.
-pub async fn one(state: &AppState, export_id: Uuid, user_id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+pub async fn one(
+    state: &AppState,
+    export_id: Uuid,
+    user_id: &str,
+    headers: &HeaderMap,
+    via: Via,
+) -> Result<Response, ApiError> {
     let (export, cached) = export_to_read(state, export_id).await?;
-    let validators = completed_validators(&export, &format!("profiles/{user_id}"));
+    let validators = completed_validators(&export, &format!("profiles/{user_id}"), via);
     if let Some(v) = validators.as_ref().filter(|v| v.fresh(headers)) {
         if cached {
             load_export_id(state, export_id).await?; // still there?
@@ -214,24 +234,26 @@ pub async fn download(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref(), &["format"])?;
     let export = load_export(&state, &id).await?;
-    stream_export(&state, export, q.as_deref(), &headers).await
+    stream_export(&state, export, &params, q.as_deref(), &headers, Via::Export).await
 }
 
 /// The whole of one export, in the format the query asks for.
 pub async fn stream_export(
     state: &AppState,
     export: ExportRow,
+    params: &Params,
     q: Option<&str>,
     headers: &HeaderMap,
+    via: Via,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q, &["format"])?;
     let format = match params.choice("format", &["ndjson", "json", "csv"])?.as_deref() {
         Some("json") => Format::Json,
         Some("csv") => Format::Csv,
         _ => Format::Ndjson,
     };
-    let validators = completed_validators(&export, &format!("download?{}", q.unwrap_or("")));
+    let validators = completed_validators(&export, &format!("download?{}", q.unwrap_or("")), via);
     if let Some(v) = validators.as_ref().filter(|v| v.fresh(headers)) {
         return Ok(v.not_modified());
     }

@@ -557,6 +557,64 @@ async fn the_latest_view_switches_atomically_and_pins_page_sequences() {
     let lines = resp.text().await.unwrap().lines().count();
     assert_eq!(lines, fresh["data"].as_array().unwrap().len());
 
+    // An export of part of the tenant (a limit) completes later: the view stays on the whole one.
+    let partial = app.create_export(json!({ "fields": ["user_id", "email"], "limit": 3 })).await;
+    app.wait_for(&partial, "completed").await;
+    let resp = app.get(tenant_path, READ_TOKEN).await;
+    assert_eq!(resp.headers()["content-location"], format!("/v1/exports/{second}"));
+    // Validators are ETags alone: no date, and If-Modified-Since does not answer 304.
+    assert!(resp.headers().get("last-modified").is_none());
+    let resp = app
+        .http
+        .get(app.url(&format!("{tenant_path}/profiles?limit=5")))
+        .bearer_auth(READ_TOKEN)
+        .header("if-modified-since", "Fri, 01 Jan 2100 00:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("last-modified").is_none() && resp.headers().get("etag").is_some());
+    // With `schedule`, the view follows one schedule's exports.
+    let resp = app.get(&format!("{tenant_path}?schedule={}", Uuid::now_v7()), READ_TOKEN).await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(app.get(&format!("{tenant_path}?schedule=nope"), READ_TOKEN).await.status(), 400);
+    let resp = app
+        .post(
+            "/v1/schedules",
+            WRITE_TOKEN,
+            &json!({ "cron": "* * * * * *", "export": { "fields": ["user_id"], "limit": 2 } }),
+        )
+        .await;
+    let schedule = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let scheduled = loop {
+        let resp = app.get(&format!("{tenant_path}?schedule={schedule}"), READ_TOKEN).await;
+        if resp.status() == 200 {
+            break resp.json::<Value>().await.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the schedule's export never became its latest");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let body = json!({ "enabled": false });
+    let resp = app
+        .http
+        .patch(app.url(&format!("/v1/schedules/{schedule}")))
+        .bearer_auth(WRITE_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(scheduled["schedule_id"], schedule.as_str());
+    let page = app.get_json(&format!("{tenant_path}/profiles?schedule={schedule}")).await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    let resp = app.get(tenant_path, READ_TOKEN).await;
+    assert_eq!(
+        resp.headers()["content-location"],
+        format!("/v1/exports/{second}"),
+        "a partial schedule is not the tenant's latest"
+    );
+
     // A sequence pinned to an export that was deleted is told to restart.
     let page = app.get_json(&format!("{tenant_path}/profiles?limit=10")).await;
     let pinned = page["next_cursor"].as_str().unwrap().to_owned();
