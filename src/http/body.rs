@@ -10,13 +10,13 @@ use crate::model::FieldError;
 /// Longest `description` accepted on schedules and webhooks.
 pub const MAX_DESCRIPTION: usize = 500;
 
-/// A JSON request body; an empty one reads as `{}` (every default).
+/// A JSON request body; an empty one (nothing, or JSON's own whitespace) reads as `{}`.
 pub fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(e.body_text()),
         _ => ApiError::field("body", e.body_text()),
     })?;
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if body.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
         return Ok(Value::Object(Default::default()));
     }
     serde_json::from_slice(&body).map_err(|e| ApiError::field("body", format!("not valid JSON: {e}")))

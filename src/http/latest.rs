@@ -23,10 +23,7 @@ use crate::db::exports::{self as store, ExportRow};
 /// Which export the view serves: the tenant's newest completed export of the whole tenant (no
 /// `limit`, no `connection_id`), or with `schedule`, the newest that schedule completed.
 async fn latest(state: &AppState, tenant: &str, params: &Params) -> Result<ExportRow, ApiError> {
-    let schedule = params
-        .get("schedule")
-        .map(|s| Uuid::parse_str(s).map_err(|_| ApiError::field("schedule", format!("{s:?} is not a schedule id"))))
-        .transpose()?;
+    let schedule = schedule_param(params)?;
     if state.tenants.get(tenant).is_none() {
         return Err(ApiError::NotFound(format!(
             "tenant {tenant:?} is not configured; configured: {}",
@@ -43,6 +40,13 @@ async fn latest(state: &AppState, tenant: &str, params: &Params) -> Result<Expor
 
 /// The `schedule` parameter every route of the view takes.
 const SCHEDULE: &str = "schedule";
+
+fn schedule_param(params: &Params) -> Result<Option<Uuid>, ApiError> {
+    params
+        .get(SCHEDULE)
+        .map(|s| Uuid::parse_str(s).map_err(|_| ApiError::field(SCHEDULE, format!("{s:?} is not a schedule id"))))
+        .transpose()
+}
 
 /// Names the export a response was served from.
 fn served_from(mut response: Response, export: Uuid) -> Response {
@@ -105,6 +109,8 @@ pub async fn profiles(
     let allowed: Vec<&str> = PAGE_PARAMS.iter().copied().chain([SCHEDULE]).collect();
     let params = Params::parse(q.as_deref(), &allowed)?;
     let variant = format!("latest/profiles?{}", q.as_deref().unwrap_or(""));
+    // Checked even when a cursor decides the export, so a bad value is never silently ignored.
+    schedule_param(&params)?;
     if let Some((key, export)) = params.pinned_cursor()? {
         let Some(export) = export else {
             return Err(ApiError::field("cursor", "not a cursor of this view: restart without one"));
