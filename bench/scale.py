@@ -349,12 +349,15 @@ def run(args, bins, tmp):
                                     "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'profiles'::regclass"))
         else:
             size = int(psql(db_url, "SELECT pg_total_relation_size('profiles')"))
+        # A uniform, repeatable sample of about 20,000 documents (by a hash of the user id: a bare
+        # LIMIT reads whichever rows a scan meets first, and the sim's users differ by position).
         # A document with a real U+0000 (\u0000) cannot be jsonb: those are left out of the sample.
+        every = max(1, users // 20_000)
         jsonb = float(psql(db_url, f"""
             CREATE FUNCTION pg_temp.try_jsonb(t text) RETURNS jsonb LANGUAGE plpgsql AS
               $$ BEGIN RETURN t::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$;
-            SELECT avg(pg_column_size(pg_temp.try_jsonb(raw))) FROM
-              (SELECT raw FROM profiles WHERE export_id = '{export_id}' LIMIT 20000) s"""))
+            SELECT avg(pg_column_size(pg_temp.try_jsonb(raw))) FROM profiles
+             WHERE export_id = '{export_id}' AND abs(hashtext(user_id)::bigint) % {every} = 0"""))
         per = size / users
         rows.append(Row("database size per profile", f"{per:,.0f} B ({size / 2**20:,.0f} MiB total"
                         f"{', partitioned' if partitioned else ''})", f"{jsonb:,.0f} B (avg jsonb of the document)",
@@ -472,8 +475,9 @@ authentication methods).{small}
   pgbench: `-n -c16 -j2 -T{args.seconds}` of `PAGE_SQL`.
 - downloads: one GET each, no gzip, to /dev/null (curl) vs `\\copy (DOWNLOAD_SQL) TO '/dev/null'`.
 - size: the profiles table (sum over its partitions when partitioned, indexes and TOAST included)
-  per profile vs `avg(pg_column_size(raw::jsonb))` over 20,000 stored documents (those with a real
-  U+0000, which jsonb cannot hold, left out).
+  per profile vs `avg(pg_column_size(raw::jsonb))` over a uniform sample of about 20,000 stored
+  documents, chosen by a hash of the user id (those with a real U+0000, which jsonb cannot hold,
+  left out).
 """
     write_doc(text)
 
