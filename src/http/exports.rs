@@ -20,7 +20,7 @@ use super::{
     body::json_body,
     caching::Validators,
     error::{ApiError, Problem},
-    params::{finish_page, AppPath, Params},
+    params::{finish_page, parse_id, AppPath, Params},
     AppState,
 };
 use crate::{
@@ -192,7 +192,7 @@ pub struct ExportList {
 }
 
 pub fn parse_export_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::field("id", format!("{raw:?} is not an export id")))
+    parse_id("id", "an export", raw)
 }
 
 pub async fn load_export(state: &AppState, id: &str) -> Result<ExportRow, ApiError> {

@@ -14,7 +14,7 @@ use super::{
     caching::Validators,
     error::{ApiError, Problem},
     exports::ExportView,
-    params::{plain_text, AppPath, Params},
+    params::{parse_id, plain_text, AppPath, Params},
     profiles::{self, ProfileList, Via, PAGE_PARAMS},
     AppState,
 };
@@ -42,10 +42,7 @@ async fn latest(state: &AppState, tenant: &str, params: &Params) -> Result<Expor
 const SCHEDULE: &str = "schedule";
 
 fn schedule_param(params: &Params) -> Result<Option<Uuid>, ApiError> {
-    params
-        .get(SCHEDULE)
-        .map(|s| Uuid::parse_str(s).map_err(|_| ApiError::field(SCHEDULE, format!("{s:?} is not a schedule id"))))
-        .transpose()
+    params.get(SCHEDULE).map(|s| parse_id(SCHEDULE, "a schedule", s)).transpose()
 }
 
 /// Names the export a response was served from.

@@ -89,6 +89,12 @@ impl Params {
     }
 }
 
+/// A path or query value naming a resource by its uuid; `what` is its noun with the article
+/// ("an export").
+pub fn parse_id(field: &str, what: &str, raw: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| ApiError::field(field, format!("{raw:?} is not {what} id")))
+}
+
 /// Text the database can hold: Postgres refuses NUL characters, so they are a 400 here, not a 500.
 pub fn plain_text(field: &str, value: &str) -> Result<String, ApiError> {
     if value.contains('\0') {

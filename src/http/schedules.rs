@@ -17,7 +17,7 @@ use super::{
     auth::{CanRead, CanWrite},
     body::{json_body, Fields},
     error::{ApiError, Problem},
-    params::{finish_page, AppPath, Params},
+    params::{finish_page, parse_id, AppPath, Params},
     AppState,
 };
 use crate::{
@@ -180,7 +180,7 @@ fn next_due(timing: &Timing, from: DateTime<Utc>) -> Result<DateTime<Utc>, ApiEr
 }
 
 pub fn parse_schedule_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::field("id", format!("{raw:?} is not a schedule id")))
+    parse_id("id", "a schedule", raw)
 }
 
 fn not_found(id: Uuid) -> ApiError {

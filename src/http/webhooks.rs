@@ -17,7 +17,7 @@ use super::{
     auth::{CanRead, CanWrite},
     body::{json_body, Fields},
     error::{ApiError, Problem},
-    params::{finish_page, AppPath, Params},
+    params::{finish_page, parse_id, AppPath, Params},
     AppState,
 };
 use crate::{
@@ -188,7 +188,7 @@ fn check_url(raw: &str, allow_http: bool) -> Result<(), String> {
 }
 
 pub fn parse_webhook_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::field("id", format!("{raw:?} is not a webhook id")))
+    parse_id("id", "a webhook", raw)
 }
 
 fn not_found(id: Uuid) -> ApiError {
@@ -332,8 +332,7 @@ pub async fn redeliver(
     AppPath((id, delivery)): AppPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_webhook_id(&id)?;
-    let delivery = Uuid::parse_str(&delivery)
-        .map_err(|_| ApiError::field("delivery_id", format!("{delivery:?} is not a delivery id")))?;
+    let delivery = parse_id("delivery_id", "a delivery", &delivery)?;
     match store::redeliver(&state.pool, id, delivery).await? {
         Redelivery::Queued => Ok(StatusCode::ACCEPTED),
         Redelivery::NotFound => Err(ApiError::NotFound(format!("webhook {id} has no delivery {delivery}"))),
