@@ -106,10 +106,7 @@ async fn act(
     let mut request = schedule.request.0.clone();
     let base = if schedule.incremental {
         request.base = Some("latest".into());
-        match db::exports::latest_completed(conn, &request).await? {
-            Some(id) => BaseChoice::Base(id),
-            None => BaseChoice::Full("no completed export of this tenant asked for the same data".into()),
-        }
+        db::exports::latest_base(conn, &request).await?
     } else {
         BaseChoice::None
     };

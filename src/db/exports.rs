@@ -141,15 +141,19 @@ pub enum BaseChoice {
     Full(String),
 }
 
-/// The newest completed export asking for the same data as `request`.
-pub async fn latest_completed(conn: &mut PgConnection, request: &ExportRequest) -> sqlx::Result<Option<Uuid>> {
+/// What `"base": "latest"` builds on: the newest completed export asking for the same data as
+/// `request`, or, with none, a full run that says why.
+pub async fn latest_base(conn: &mut PgConnection, request: &ExportRequest) -> sqlx::Result<BaseChoice> {
     let rows: Vec<(Uuid, Json<ExportRequest>)> = sqlx::query_as(
         "SELECT id, request FROM exports WHERE tenant = $1 AND status = 'completed' ORDER BY id DESC LIMIT 200",
     )
     .bind(&request.tenant)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().find(|(_, r)| r.same_data(request)).map(|(id, _)| id))
+    Ok(match rows.into_iter().find(|(_, r)| r.same_data(request)) {
+        Some((id, _)) => BaseChoice::Base(id),
+        None => BaseChoice::Full("no completed export of this tenant asked for the same data".into()),
+    })
 }
 
 /// The tenant's newest completed export (by creation: the freshest data) of all its users (no

@@ -262,10 +262,7 @@ pub async fn create(
 async fn choose_base(state: &AppState, request: &ExportRequest) -> Result<BaseChoice, ApiError> {
     match request.base.as_deref() {
         None => Ok(BaseChoice::None),
-        Some("latest") => Ok(match store::latest_completed(&mut *state.pool.acquire().await?, request).await? {
-            Some(id) => BaseChoice::Base(id),
-            None => BaseChoice::Full("no completed export of this tenant asked for the same data".into()),
-        }),
+        Some("latest") => Ok(store::latest_base(&mut *state.pool.acquire().await?, request).await?),
         Some(id) => {
             let id = Uuid::parse_str(id).map_err(|_| ApiError::field("base", "must be an export id or \"latest\""))?;
             let Some(base) = store::get(&state.pool, id).await? else {
