@@ -15,6 +15,22 @@ use sqlx::{postgres::PgPoolOptions, PgPool};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Rows deleted per statement when pruning history: short transactions beside live traffic.
+const PRUNE_BATCH: i64 = 5000;
+
+/// Runs `delete` (deleting at most `$2` rows older than `$1` seconds) until a statement deletes
+/// less than a batch; returns how many rows went.
+pub async fn delete_in_batches(pool: &PgPool, delete: &str, age: Duration) -> sqlx::Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let n = sqlx::query(delete).bind(age.as_secs_f64()).bind(PRUNE_BATCH).execute(pool).await?.rows_affected();
+        deleted += n;
+        if n < PRUNE_BATCH as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
 #[tracing::instrument(skip_all)]
 pub async fn connect(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()

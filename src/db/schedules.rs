@@ -222,21 +222,11 @@ pub async fn db_now(conn: &mut PgConnection) -> sqlx::Result<DateTime<Utc>> {
 
 /// Deletes the records of due times older than `age`, in short batches; returns how many.
 pub async fn prune_runs(pool: &PgPool, age: std::time::Duration) -> sqlx::Result<u64> {
-    const BATCH: i64 = 5000;
-    let mut deleted = 0;
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM schedule_runs WHERE (schedule_id, due_at) IN (
-                SELECT schedule_id, due_at FROM schedule_runs WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(age.as_secs_f64())
-        .bind(BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        deleted += n;
-        if n < BATCH as u64 {
-            return Ok(deleted);
-        }
-    }
+    super::delete_in_batches(
+        pool,
+        "DELETE FROM schedule_runs WHERE (schedule_id, due_at) IN (
+            SELECT schedule_id, due_at FROM schedule_runs WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+        age,
+    )
+    .await
 }

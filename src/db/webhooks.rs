@@ -168,11 +168,7 @@ pub async fn redeliver(pool: &PgPool, webhook: Uuid, delivery: Uuid) -> sqlx::Re
     .bind(delivery)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO queue_jobs (kind, delivery_id, max_attempts) VALUES ('deliver_webhook', $1, 2147483647)")
-        .bind(delivery)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT pg_notify($1, '')").bind(crate::queue::CHANNEL).execute(&mut *tx).await?;
+    crate::queue::enqueue_delivery(&mut tx, delivery).await?;
     tx.commit().await?;
     Ok(Redelivery::Queued)
 }
@@ -256,13 +252,7 @@ pub async fn record_attempt(
     after: &AfterAttempt,
 ) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
-    let held: Option<i64> =
-        sqlx::query_scalar("SELECT id FROM queue_jobs WHERE id = $1 AND attempt = $2 AND state = 'running' FOR UPDATE")
-            .bind(job.job_id)
-            .bind(job.job_attempt)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if held.is_none() {
+    if !crate::queue::hold_claim(&mut tx, job.job_id, job.job_attempt).await? {
         return Ok(false);
     }
     let n: i32 = sqlx::query_scalar(
@@ -356,43 +346,25 @@ pub async fn abandon(pool: &PgPool, job: &DeliveryJob, reason: &str) -> sqlx::Re
     tx.commit().await
 }
 
-/// Rows deleted per statement when pruning history: short transactions beside live traffic.
-const PRUNE_BATCH: i64 = 5000;
-
 /// Deletes finished deliveries (with their attempts) older than `age`, then events no delivery
 /// refers to any more; returns how many deliveries went.
 pub async fn prune(pool: &PgPool, age: std::time::Duration) -> sqlx::Result<u64> {
-    let mut deleted = 0;
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM webhook_deliveries WHERE id IN (
-                SELECT id FROM webhook_deliveries
-                 WHERE status <> 'pending' AND finished_at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(age.as_secs_f64())
-        .bind(PRUNE_BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        deleted += n;
-        if n < PRUNE_BATCH as u64 {
-            break;
-        }
-    }
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM webhook_events WHERE id IN (
-                SELECT e.id FROM webhook_events e
-                 WHERE e.created_at < now() - make_interval(secs => $1)
-                   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id) LIMIT $2)",
-        )
-        .bind(age.as_secs_f64())
-        .bind(PRUNE_BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        if n < PRUNE_BATCH as u64 {
-            return Ok(deleted);
-        }
-    }
+    let deliveries = super::delete_in_batches(
+        pool,
+        "DELETE FROM webhook_deliveries WHERE id IN (
+            SELECT id FROM webhook_deliveries
+             WHERE status <> 'pending' AND finished_at < now() - make_interval(secs => $1) LIMIT $2)",
+        age,
+    )
+    .await?;
+    super::delete_in_batches(
+        pool,
+        "DELETE FROM webhook_events WHERE id IN (
+            SELECT e.id FROM webhook_events e
+             WHERE e.created_at < now() - make_interval(secs => $1)
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id) LIMIT $2)",
+        age,
+    )
+    .await?;
+    Ok(deliveries)
 }

@@ -97,6 +97,18 @@ pub async fn enqueue(conn: &mut PgConnection, export_id: Uuid, kind: JobKind) ->
     Ok(())
 }
 
+/// Queues a try of a webhook delivery in the caller's transaction (events queue their first
+/// tries in `emit_webhook_event`, in the migrations). Never discarded by the rescuer: the
+/// dispatcher decides when a delivery has failed.
+pub async fn enqueue_delivery(conn: &mut PgConnection, delivery_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO queue_jobs (kind, delivery_id, max_attempts) VALUES ('deliver_webhook', $1, 2147483647)")
+        .bind(delivery_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *conn).await?;
+    Ok(())
+}
+
 /// Claims the oldest runnable job this binary knows, marking it running under a lease, in one
 /// statement that also takes the job's advisory lock on `conn`'s session. Kinds added by a newer
 /// release are left for replicas that know them.
@@ -235,10 +247,15 @@ pub async fn reset_errors(conn: &mut PgConnection, job: &Job) -> sqlx::Result<()
 
 /// Locks the job's row while this attempt still holds it; false when the lease was lost.
 pub async fn hold(conn: &mut PgConnection, job: &Job) -> sqlx::Result<bool> {
+    hold_claim(conn, job.id, job.attempt).await
+}
+
+/// [`hold`] by the job's id and the claim (`attempt`) that holds it.
+pub async fn hold_claim(conn: &mut PgConnection, id: i64, attempt: i32) -> sqlx::Result<bool> {
     let held: Option<i64> =
         sqlx::query_scalar("SELECT id FROM queue_jobs WHERE id = $1 AND attempt = $2 AND state = 'running' FOR UPDATE")
-            .bind(job.id)
-            .bind(job.attempt)
+            .bind(id)
+            .bind(attempt)
             .fetch_optional(conn)
             .await?;
     Ok(held.is_some())
