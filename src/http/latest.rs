@@ -2,6 +2,8 @@
 //! want one URL. It switches when a newer export completes, in the same commit that completes
 //! it; page sequences are pinned by their cursor to the export they started on.
 
+use std::sync::Arc;
+
 use axum::{
     extract::{RawQuery, State},
     http::{header, HeaderMap, HeaderValue},
@@ -22,7 +24,8 @@ use crate::db::exports::{self as store, ExportRow};
 
 /// Which export the view serves: the tenant's newest completed export of the whole tenant (no
 /// `limit`, no `connection_id`), or with `schedule`, the newest that schedule completed.
-async fn latest(state: &AppState, tenant: &str, params: &Params) -> Result<ExportRow, ApiError> {
+/// Kept among the completed exports in memory, so the read that follows needs no lookup of its own.
+async fn latest(state: &AppState, tenant: &str, params: &Params) -> Result<Arc<ExportRow>, ApiError> {
     let schedule = schedule_param(params)?;
     if state.tenants.get(tenant).is_none() {
         return Err(ApiError::NotFound(format!(
@@ -30,12 +33,13 @@ async fn latest(state: &AppState, tenant: &str, params: &Params) -> Result<Expor
             state.tenants.names().join(", ")
         )));
     }
-    store::latest_of_tenant(&state.pool, tenant, schedule).await?.ok_or_else(|| {
+    let row = store::latest_of_tenant(&state.pool, tenant, schedule).await?.ok_or_else(|| {
         ApiError::NotFound(match schedule {
             Some(s) => format!("schedule {s} has no completed export of tenant {tenant} yet"),
             None => format!("tenant {tenant} has no completed export of all its users yet"),
         })
-    })
+    })?;
+    Ok(state.completed.offer(row))
 }
 
 /// The `schedule` parameter every route of the view takes.
@@ -71,7 +75,7 @@ pub async fn export(
     let row = latest(&state, &tenant, &params).await?;
     let id = row.id;
     let rate = state.rate_limit(&row.tenant);
-    let body = serde_json::to_vec(&ExportView::new(row, rate)).map_err(anyhow::Error::from)?;
+    let body = serde_json::to_vec(&ExportView::new(ExportRow::clone(&row), rate)).map_err(anyhow::Error::from)?;
     // No date: a newer export may complete within the second the old one did.
     let validators = Validators::of_bytes(&body, None);
     if validators.fresh(&headers) {
@@ -130,11 +134,11 @@ pub async fn profiles(
 
 /// The export a cursor is pinned to, if it is still one of this tenant's.
 async fn pinned(state: &AppState, tenant: &str, export: Uuid) -> Result<Uuid, ApiError> {
-    match store::get(&state.pool, export).await? {
-        Some(row) if row.tenant == tenant => Ok(export),
-        Some(_) => Err(ApiError::field("cursor", "a cursor of another tenant's view")),
-        None => Err(gone(export)),
+    let (row, _) = profiles::export_to_read(state, export).await.map_err(|e| gone_if_deleted(e, export))?;
+    if row.tenant != tenant {
+        return Err(ApiError::field("cursor", "a cursor of another tenant's view"));
     }
+    Ok(export)
 }
 
 fn gone(export: Uuid) -> ApiError {
@@ -189,5 +193,5 @@ pub async fn download(
     let params = Params::parse(q.as_deref(), &["format", SCHEDULE])?;
     let export = latest(&state, &tenant, &params).await?;
     let id = export.id;
-    Ok(served_from(profiles::stream_export(&state, export, &params, q.as_deref(), &headers, Via::Latest).await?, id))
+    Ok(served_from(profiles::stream_export(&state, &export, &params, q.as_deref(), &headers, Via::Latest).await?, id))
 }

@@ -132,7 +132,7 @@ pub async fn page(
 
 /// The export whose profiles are read, from memory when it is completed and already known
 /// (true), else from its row.
-async fn export_to_read(state: &AppState, export_id: Uuid) -> Result<(Arc<ExportRow>, bool), ApiError> {
+pub async fn export_to_read(state: &AppState, export_id: Uuid) -> Result<(Arc<ExportRow>, bool), ApiError> {
     if let Some(export) = state.completed.get(export_id) {
         return Ok((export, true));
     }
@@ -236,13 +236,13 @@ pub async fn download(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref(), &["format"])?;
     let export = load_export(&state, &id).await?;
-    stream_export(&state, export, &params, q.as_deref(), &headers, Via::Export).await
+    stream_export(&state, &export, &params, q.as_deref(), &headers, Via::Export).await
 }
 
 /// The whole of one export, in the format the query asks for.
 pub async fn stream_export(
     state: &AppState,
-    export: ExportRow,
+    export: &ExportRow,
     params: &Params,
     q: Option<&str>,
     headers: &HeaderMap,
@@ -253,7 +253,7 @@ pub async fn stream_export(
         Some("csv") => Format::Csv,
         _ => Format::Ndjson,
     };
-    let validators = completed_validators(&export, &format!("download?{}", q.unwrap_or("")), via);
+    let validators = completed_validators(export, &format!("download?{}", q.unwrap_or("")), via);
     if let Some(v) = validators.as_ref().filter(|v| v.fresh(headers)) {
         return Ok(v.not_modified());
     }
